@@ -1,0 +1,38 @@
+# sealgate: every target bootstraps its own virtual environment from the project's files.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all demo test test-slow lint protos bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip wheel setuptools
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sealgate demo
+
+test: $(STAMP)
+	$(BIN)/ruff check gateway fl tests bench
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway fl tests bench
+	$(BIN)/ruff format --check gateway fl tests bench
+
+protos: $(STAMP)
+	$(BIN)/python -m gateway.protos.generate
+
+bench: $(STAMP)
+	$(BIN)/sealgate bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

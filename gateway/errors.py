@@ -1,0 +1,137 @@
+"""The one exception hierarchy of sealgate, and its single mapping to gRPC and HTTP status codes.
+
+Every module raises these; the servers translate them here and nowhere else, so a client's
+mistake never surfaces as INTERNAL and no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SealgateError(Exception):
+    """Base of every error sealgate raises on purpose; its message is one line, safe to show."""
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
+
+
+# --- artifact -------------------------------------------------------------------------------------
+class ArtifactError(SealgateError):
+    """A sealed artifact could not be opened or made."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+
+
+class UnsupportedFormat(ArtifactError):
+    """Not a sealed artifact, or a format version this build does not read."""
+
+
+class TamperedArtifact(ArtifactError):
+    """Authentication failed: a byte changed, chunks moved, data truncated or appended."""
+
+
+class UntrustedSigner(ArtifactError):
+    """Signed by a key outside the trust store, or the signature does not verify."""
+
+
+class NotARecipient(ArtifactError):
+    """None of the given identities can unwrap the data key."""
+
+
+class UnsafeArchive(ArtifactError):
+    """The packed model holds absolute paths, '..', links, devices, or exceeds size limits."""
+
+
+class MetadataMismatch(ArtifactError):
+    """The signed content disagrees with the header (name, version)."""
+
+
+class SignatureError(ArtifactError):
+    """An OMS signature is missing, malformed or does not match the model's files."""
+
+
+# --- repository / versions ------------------------------------------------------------------------
+class NotFound(SealgateError):
+    """No such model or version."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+
+class RollbackRefused(SealgateError):
+    """A version at or below the highest seen for a model, outside an explicit rollback."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 412
+
+
+class Unavailable(SealgateError):
+    """The server or model is not ready."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+
+
+# --- requests -------------------------------------------------------------------------------------
+class InvalidInput(SealgateError):
+    """Wrong shape, dtype, size, unknown or missing tensor."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+
+
+class TooLarge(SealgateError):
+    """A message or stream beyond the configured limit."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+
+
+# --- auth -----------------------------------------------------------------------------------------
+class Unauthenticated(SealgateError):
+    """No token, or a token that does not verify. `reason` feeds metrics, never the token itself."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDenied(SealgateError):
+    """A valid token without the scope the call needs, or bound to another certificate."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
+# --- configuration / release ----------------------------------------------------------------------
+class ConfigError(SealgateError):
+    """A configuration file or option is invalid."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 500
+
+
+class GateFailed(SealgateError):
+    """A release verification gate failed; the message names the gate and by how much."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 412
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map any exception to (code, client-safe message); unexpected errors reveal nothing."""
+    if isinstance(exc, SealgateError):
+        return exc.grpc_code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def http_status(exc: BaseException) -> tuple[int, str]:
+    """Map any exception to (HTTP status, client-safe message)."""
+    if isinstance(exc, SealgateError):
+        return exc.http_status, str(exc)
+    return 500, "internal error"
