@@ -1,0 +1,221 @@
+"""Seal a model (OMS-sign, pack, encrypt to recipients) and open a sealed artifact into memory, verified.
+
+This is the API every other part uses: the CLI's seal/unseal, the repository and the serving path
+(which never writes plaintext to disk), the release path and the federated module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.artifact import container, envelope, signing
+from gateway.artifact.container import DEFAULT_LIMITS, Limits, SourceFile
+from gateway.artifact.envelope import Header
+from gateway.artifact.keys import Identity, RecipientKey, signer_key_id
+from gateway.errors import ArtifactError, MetadataMismatch, SignatureError, UntrustedSigner
+from gateway.fsutil import atomic_write
+
+PROVENANCE = "provenance.json"
+SIGNATURE = signing.SIGNATURE_NAME
+
+
+def now_rfc3339() -> str:
+    """Current UTC time, second precision, as RFC 3339."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class OpenedArtifact:
+    """A verified model in memory: its header, its files (model files + provenance + signature)."""
+
+    header: Header
+    files: dict[str, bytes]
+    provenance: dict[str, Any]
+    signer_key_id: str
+
+    @property
+    def model_files(self) -> dict[str, bytes]:
+        """The files a backend loads: everything but the OMS signature and the provenance record."""
+        return {n: b for n, b in self.files.items() if n not in (SIGNATURE, PROVENANCE)}
+
+
+@dataclass
+class TrustStore:
+    """The signer keys an opener accepts, by key id."""
+
+    keys: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, keys: Sequence[ec.EllipticCurvePublicKey]) -> TrustStore:
+        return cls({signer_key_id(k): k for k in keys})
+
+
+def detect_framework(names: Sequence[str]) -> str:
+    """Name the framework of a model from its file names (for the header and provenance)."""
+    if "saved_model.pb" in names:
+        return "tensorflow"
+    if any(n.endswith(".onnx") for n in names):
+        return "onnx"
+    return "unknown"
+
+
+def build_provenance(
+    name: str, version: int, framework: str, extra: Mapping[str, Any] | None, created: str
+) -> dict[str, Any]:
+    """The provenance record sealed beside the model; caller-supplied fields win except name/version."""
+    doc: dict[str, Any] = {"framework": framework, "created": created, "parent_version": None}
+    if extra:
+        doc.update(extra)
+    doc["name"], doc["version"] = name, int(version)
+    return doc
+
+
+def seal(
+    src: Path | Mapping[str, bytes],
+    *,
+    name: str,
+    version: int,
+    signer: ec.EllipticCurvePrivateKey,
+    recipients: Sequence[RecipientKey],
+    provenance: Mapping[str, Any] | None = None,
+    chunk_size: int = envelope.DEFAULT_CHUNK,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Header, Iterator[bytes]]:
+    """Prepare a sealed artifact of `src` (a model file, a folder, or an in-memory mapping).
+
+    Returns the header and an iterator of the artifact's bytes; memory stays bounded by one chunk
+    plus the largest read block, whatever the model size (files are hashed, then streamed, from disk).
+    """
+    skip = frozenset({SIGNATURE, PROVENANCE})
+    if isinstance(src, Mapping):
+        files = container.from_mapping({n: b for n, b in src.items() if n not in skip}, limits)
+        given = src.get(PROVENANCE)
+    else:
+        files = container.collect(Path(src), limits, skip=skip)
+        p = Path(src) / PROVENANCE
+        given = p.read_bytes() if Path(src).is_dir() and p.is_file() else None
+    base: dict[str, Any] = json.loads(given) if given else {}
+    if provenance:
+        base.update(provenance)
+    created = now_rfc3339()
+    framework = detect_framework([f.name for f in files])
+    prov = build_provenance(name, version, framework, base, created)
+    prov_bytes = json.dumps(prov, indent=2, sort_keys=True).encode() + b"\n"
+    files.append(SourceFile(PROVENANCE, len(prov_bytes), data=prov_bytes))
+    digests = {f.name: _sha256(f) for f in files}
+    sig = signing.sign_digests(digests, signer)
+    files.append(SourceFile(SIGNATURE, len(sig), data=sig))
+    files.sort(key=lambda f: f.name)
+    size = container.container_size(files)
+    stream = envelope.seal_stream(
+        name=name,
+        version=int(version),
+        created=created,
+        framework=framework,
+        plaintext=container.stream(files),
+        plaintext_size=size,
+        recipients=recipients,
+        signer=signer,
+        chunk_size=chunk_size,
+    )
+    first = next(stream)
+    header, _ = envelope.read_header(io.BytesIO(first))
+
+    def chained() -> Iterator[bytes]:
+        yield first
+        yield from stream
+
+    return header, chained()
+
+
+def seal_to_file(src: Path | Mapping[str, bytes], out: Path, **kwargs: Any) -> Header:
+    """Seal into `out` atomically (temp file, fsync, rename): a crash leaves no half artifact."""
+    header, chunks = seal(src, **kwargs)
+    atomic_write(Path(out), chunks, 0o644, force=True)
+    return header
+
+
+def _sha256(f: SourceFile) -> str:
+    h = hashlib.sha256()
+    for block in f.chunks():
+        h.update(block)
+    return h.hexdigest()
+
+
+def open_artifact(
+    source: Path | bytes | BinaryIO,
+    identities: Sequence[Identity],
+    trust: TrustStore,
+    limits: Limits = DEFAULT_LIMITS,
+) -> OpenedArtifact:
+    """Decrypt and verify a sealed artifact into memory; any failure raises and returns nothing.
+
+    Order: envelope (format, trusted signer, signature over every byte, recipient, every chunk) ->
+    container (safe paths, limits) -> OMS signature over the files by the same signer ->
+    provenance name/version equal to the header's.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _open(io.BytesIO(source), identities, trust, limits)
+    if isinstance(source, Path | str):
+        with open(source, "rb") as fh:
+            return _open(fh, identities, trust, limits)
+    return _open(source, identities, trust, limits)
+
+
+def _open(stream: BinaryIO, identities: Sequence[Identity], trust: TrustStore, limits: Limits) -> OpenedArtifact:
+    max_plain = limits.max_total_bytes + limits.max_manifest_bytes + 4
+    header, plaintext = envelope.open_stream(stream, identities, trust.keys, max_plain)
+    files = container.unpack(plaintext, limits)
+    del plaintext
+    sig = files.get(SIGNATURE)
+    if sig is None:
+        raise SignatureError("the sealed model carries no OMS signature (model.sig)")
+    signed = {n: b for n, b in files.items() if n != SIGNATURE}
+    key = signing.verify_files(signed, sig, list(trust.keys.values()))
+    if signer_key_id(key) != header.signer_key_id:
+        raise UntrustedSigner("the model's OMS signature and the envelope were made by different keys")
+    try:
+        prov = json.loads(files[PROVENANCE])
+    except (KeyError, ValueError):
+        raise MetadataMismatch("the sealed model has no readable provenance.json") from None
+    if not isinstance(prov, dict):
+        raise MetadataMismatch("the sealed model's provenance.json is not an object")
+    if prov.get("name") != header.name or prov.get("version") != header.version:
+        raise MetadataMismatch(
+            f"header says {header.name} v{header.version} but the signed provenance says "
+            f"{prov.get('name')} v{prov.get('version')}"
+        )
+    return OpenedArtifact(header, files, prov, header.signer_key_id)
+
+
+def inspect(source: Path | bytes | BinaryIO) -> Header:
+    """Read the header of a sealed artifact with no key at all."""
+    if isinstance(source, bytes | bytearray):
+        return envelope.read_header(io.BytesIO(source))[0]
+    if isinstance(source, Path | str):
+        with open(source, "rb") as fh:
+            return envelope.read_header(fh)[0]
+    return envelope.read_header(source)[0]
+
+
+def write_model_dir(opened: OpenedArtifact, out: Path) -> list[Path]:
+    """Write an opened model to a folder (the edge `unseal` path; never used by the server)."""
+    out = Path(out)
+    written = []
+    for name, data in sorted(opened.files.items()):
+        container.check_path(name)
+        target = out / name
+        if out.resolve() not in target.resolve().parents:
+            raise ArtifactError(f"refusing to write outside {out}: {name}")
+        atomic_write(target, data, 0o600, force=True)
+        written.append(target)
+    return written

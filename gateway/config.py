@@ -1,0 +1,196 @@
+"""The gateway's configuration: TOML, validated, unknown keys refused, defaults that match `sealgate init`.
+
+With no file, `sealgate serve` serves ./models with the keys `sealgate init` wrote into ./certs, gRPC on
+127.0.0.1:8500 and REST on 127.0.0.1:8501 (TF Serving's ports). Relative paths in a file are resolved
+against the file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+DEV_ISSUER = "https://sealgate.local/dev-issuer"
+DEV_AUDIENCE = "sealgate"
+
+
+@dataclass
+class ServerConfig:
+    """Addresses and limits of the listeners."""
+
+    grpc_address: str = "127.0.0.1:8500"
+    rest_address: str = "127.0.0.1:8501"
+    max_message_bytes: int = 4 << 20
+    max_push_bytes: int = 2 << 30
+    stream_deadline_s: float = 600.0
+    drain_seconds: float = 10.0
+    rest: bool = True
+
+
+@dataclass
+class RepositoryConfig:
+    """Where sealed models live and which versions serve (TF Serving's latest-N or specific)."""
+
+    path: Path = Path("models")
+    poll_interval_s: float = 0.5
+    version_policy: str = "latest"
+    latest: int = 1
+    versions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TlsConfig:
+    """mTLS material; certificates are re-read when they change on disk."""
+
+    ca: Path = Path("certs/ca.pem")
+    cert: Path = Path("certs/server.pem")
+    key: Path = Path("certs/server.key")
+    require_client_auth: bool = True
+
+
+@dataclass
+class AuthConfig:
+    """JWT verification: issuer, audience, key set, allowed algorithms."""
+
+    jwks: Path = Path("certs/jwks.json")
+    issuer: str = DEV_ISSUER
+    audience: str = DEV_AUDIENCE
+    leeway_s: int = 30
+    algorithms: list[str] = field(default_factory=lambda: ["ES256", "ES384", "RS256", "PS256", "EdDSA"])
+
+
+@dataclass
+class KeysConfig:
+    """The gateway's recipient identities and the signers it trusts."""
+
+    identities: list[Path] = field(default_factory=lambda: [Path("certs/gateway.key")])
+    trusted_signers: list[Path] = field(default_factory=lambda: [Path("certs/signing.pub")])
+
+
+@dataclass
+class AuditConfig:
+    """Where the JSON-lines audit log goes ('-' for standard error)."""
+
+    path: str = "audit.log"
+
+
+@dataclass
+class BackendSection:
+    """Inference runtime choices."""
+
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = 0
+
+
+@dataclass
+class Config:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    backend: BackendSection = field(default_factory=BackendSection)
+
+    def resolve(self, base: Path) -> Config:
+        """Make every relative path absolute against `base`."""
+
+        def fix(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p)
+
+        self.repository.path = fix(self.repository.path)
+        self.tls.ca, self.tls.cert, self.tls.key = fix(self.tls.ca), fix(self.tls.cert), fix(self.tls.key)
+        self.auth.jwks = fix(self.auth.jwks)
+        self.keys.identities = [fix(p) for p in self.keys.identities]
+        self.keys.trusted_signers = [fix(p) for p in self.keys.trusted_signers]
+        if self.audit.path not in ("-", ""):
+            self.audit.path = str(fix(Path(self.audit.path)))
+        return self
+
+    def validate(self) -> Config:
+        """Refuse values that cannot work, with a message naming the key."""
+        if self.repository.version_policy not in ("latest", "specific"):
+            raise ConfigError("[repository] version_policy must be 'latest' or 'specific'")
+        if self.repository.version_policy == "latest" and self.repository.latest < 1:
+            raise ConfigError("[repository] latest must be >= 1")
+        if self.repository.version_policy == "specific" and not self.repository.versions:
+            raise ConfigError("[repository] versions must list at least one version for policy 'specific'")
+        if self.server.max_message_bytes < 1024:
+            raise ConfigError("[server] max_message_bytes must be >= 1024")
+        for alg in self.auth.algorithms:
+            if alg.upper() == "NONE" or alg.upper().startswith("HS"):
+                raise ConfigError(f"[auth] algorithm {alg} is not allowed (no 'none', no shared-secret HMAC)")
+        for addr in (self.server.grpc_address, self.server.rest_address):
+            if ":" not in addr:
+                raise ConfigError(f"[server] address {addr!r} must be host:port")
+        return self
+
+
+def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in [{section}] (known: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        kwargs[name] = _coerce(value, default, f"[{section}] {name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if isinstance(default, Path):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a path string")
+        return Path(value)
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number")
+        return type(default)(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list")
+        sample = default[0] if default else None
+        if isinstance(sample, Path):
+            return [_coerce(v, Path(), where) for v in value]
+        return list(value)
+    return value
+
+
+def load_config(path: Path | None = None, base: Path | None = None) -> Config:
+    """Load and validate a TOML config; with no path, the defaults relative to `base` (default: cwd)."""
+    if path is None:
+        return Config().resolve(Path(base or Path.cwd()).absolute()).validate()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    classes = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - set(classes))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] in {path} (known: {', '.join(sorted(classes))})")
+    parts = {}
+    for name, cls in classes.items():
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        parts[name] = _build(cls, name, section)
+    return Config(**parts).resolve(Path(path).absolute().parent).validate()
