@@ -1,0 +1,1 @@
+"""Generated package for protos/inference; regenerate with `python -m gateway.protos.generate`."""
