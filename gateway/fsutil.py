@@ -6,7 +6,9 @@ here, so a reader only ever sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,11 +52,64 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int = 0o644, f
         raise
 
 
-def write_secret(path: Path, data: bytes, force: bool = False) -> None:
-    """Write a secret (private key, token) with mode 0600 from creation on, atomically."""
-    atomic_write(path, data, 0o600, force)
+def refuse_existing(paths: list[Path], force: bool) -> None:
+    """Raise ConfigError naming the first path that exists, unless `force`; run before writing a set."""
+    if force:
+        return
+    for path in paths:
+        if os.path.lexists(path):
+            raise ConfigError(f"{path} already exists; refusing to overwrite it (use --force)")
 
 
-def write_public(path: Path, data: bytes, force: bool = False) -> None:
-    """Write a public file (certificate, public key, JWKS) with mode 0644, atomically."""
-    atomic_write(path, data, 0o644, force)
+def write_file(path: Path, data: bytes, mode: int = 0o644, force: bool = False) -> Path:
+    """Write `data` to `path` atomically with exactly `mode`; refuse an existing file unless `force`.
+
+    The bytes go to a fresh temporary name created O_EXCL with the final mode (so a private key is
+    never readable by others, even for an instant), are fsynced, then linked (no-clobber) or renamed
+    (force) into place.
+    """
+    path = Path(path)
+    refuse_existing([path], force)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _install(tmp, path, force)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return path
+
+
+def _install(tmp: Path, path: Path, force: bool) -> None:
+    """Move the finished temporary file into place: rename if forced, else a hard link that fails on clobber."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; refusing to overwrite it (use --force)") from None
+    except OSError:
+        # Filesystems without hard links: check-then-rename (a narrow race, acceptable for dev keys).
+        refuse_existing([path], force=False)
+        os.replace(tmp, path)
+
+
+def write_secret(path: Path, data: bytes, force: bool = False) -> Path:
+    """Write a secret (private key, token) with mode 0600 from creation on, atomically, no clobber."""
+    return write_file(path, data, 0o600, force)
+
+
+def write_public(path: Path, data: bytes, force: bool = False) -> Path:
+    """Write a public file (certificate, public key, JWKS) with mode 0644, atomically, no clobber."""
+    return write_file(path, data, 0o644, force)

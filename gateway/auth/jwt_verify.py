@@ -1,0 +1,320 @@
+"""JWT access-token verification against a JWKS file, with a bounded cache so the hot path is a dict lookup.
+
+Keys are chosen by `kid` only and bound to their algorithm; only asymmetric algorithms are ever accepted.
+The JWKS file is re-read when it changes (checked at most once per `reload_interval`), which clears the cache.
+Tokens are never logged, and never part of an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jwt
+from jwt import PyJWK
+
+from gateway.errors import ConfigError, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+REASONS = frozenset(
+    {"missing", "malformed", "expired", "audience", "issuer", "algorithm", "unknown_kid", "signature", "claims"}
+)
+DEFAULT_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
+# Asymmetric only: HS* (a public key used as an HMAC secret) and `none` can never be enabled.
+SAFE_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"})
+ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+MAX_TOKEN_CHARS = 8192
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The verified facts of a token that the gateway uses; `raw` is the whole (read-only) payload."""
+
+    sub: str
+    scopes: frozenset[str]
+    exp: int
+    cnf_thumbprint: str | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass
+class VerifierStats:
+    """Counters for metrics: cache hits, full verifications, refusals, JWKS reloads."""
+
+    hits: int = 0
+    verifications: int = 0
+    refusals: int = 0
+    reloads: int = 0
+
+
+class TokenVerifier:
+    """Verifies bearer JWTs issued by `issuer` for `audience`, with keys by `kid` from a JWKS file."""
+
+    def __init__(
+        self,
+        jwks_path: Path,
+        issuer: str | Sequence[str],
+        audience: str | Sequence[str],
+        algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+        leeway: float = 30,
+        cache_size: int = 10_000,
+        reload_interval: float = 1.0,
+    ) -> None:
+        """Load the JWKS now (ConfigError if unusable); refuse any algorithm outside SAFE_ALGORITHMS."""
+        unsafe = sorted(set(algorithms) - SAFE_ALGORITHMS)
+        if unsafe or not algorithms:
+            raise ConfigError(f"refusing JWT algorithms {unsafe or 'none given'}: only asymmetric ones are allowed")
+        if not issuer or not audience:
+            raise ConfigError("a token verifier needs an issuer and an audience")
+        self._path = Path(jwks_path)
+        self._issuer = issuer if isinstance(issuer, str) else tuple(issuer)
+        self._audience = audience if isinstance(audience, str) else list(audience)
+        self._algorithms = tuple(algorithms)
+        self._leeway = float(leeway)
+        self._cache_size = max(1, int(cache_size))
+        self._reload_interval = float(reload_interval)
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._cache: dict[bytes, Claims] = {}
+        self._generation = 0
+        self.stats = VerifierStats()
+        self._stamp = _stamp(self._path)
+        self._keys = load_jwks(self._path, self._algorithms)
+        self._last_check = time.monotonic()
+
+    @property
+    def cache_entries(self) -> int:
+        """How many verified tokens are cached now."""
+        return len(self._cache)
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The kids currently trusted."""
+        return frozenset(self._keys)
+
+    def verify(self, token: str | bytes | None) -> Claims:
+        """Return the token's Claims, from the cache when it was verified before and has not expired.
+
+        Raises Unauthenticated with `reason` in REASONS on any failure.
+        """
+        if token is None or len(token) == 0:
+            raise self._refuse("missing bearer token", "missing")
+        if isinstance(token, bytes):
+            try:
+                token = token.decode("ascii")
+            except UnicodeDecodeError:
+                raise self._refuse("malformed bearer token", "malformed") from None
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            raise self._refuse("malformed bearer token", "malformed")
+        self._maybe_reload()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        now = time.time()
+        with self._lock:
+            cached = self._cache.get(digest)
+            if cached is not None:
+                if cached.exp > now:
+                    self.stats.hits += 1
+                    return cached
+                del self._cache[digest]
+            generation = self._generation
+            keys = self._keys
+        claims = self._verify_uncached(token, keys)
+        self._store(digest, claims, generation)
+        return claims
+
+    def reload(self) -> bool:
+        """Re-read the JWKS file now if it changed; returns whether the key set was replaced."""
+        with self._reload_lock:
+            self._last_check = time.monotonic()
+            try:
+                stamp = _stamp(self._path)
+            except ConfigError as exc:
+                log.warning("JWKS %s unreadable, keeping the current keys: %s", self._path, exc)
+                return False
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                keys = load_jwks(self._path, self._algorithms)
+            except ConfigError as exc:
+                log.warning("JWKS %s invalid, keeping the current keys: %s", self._path, exc)
+                return False
+            with self._lock:
+                self._keys = keys
+                self._cache.clear()
+                self._generation += 1
+                self.stats.reloads += 1
+            log.info("JWKS %s reloaded: %d key(s)", self._path, len(keys))
+            return True
+
+    def clear_cache(self) -> None:
+        """Forget every verified token (e.g. after revoking a key out of band)."""
+        with self._lock:
+            self._cache.clear()
+            self._generation += 1
+
+    # --- internals --------------------------------------------------------------------------------
+    def _maybe_reload(self) -> None:
+        """Check the JWKS file at most once per reload interval; cheap when nothing is due."""
+        if time.monotonic() - self._last_check >= self._reload_interval:
+            self.reload()
+
+    def _store(self, digest: bytes, claims: Claims, generation: int) -> None:
+        """Cache a verified token until its exp, unless the keys changed meanwhile; bounded in size."""
+        now = time.time()
+        if claims.exp <= now:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            if len(self._cache) >= self._cache_size:
+                for k in [k for k, c in self._cache.items() if c.exp <= now]:
+                    del self._cache[k]
+                # Still full of live tokens: drop the oldest tenth (insertion order), amortising the scan.
+                excess = len(self._cache) - int(self._cache_size * 0.9)
+                for k in list(self._cache)[: max(0, excess)]:
+                    del self._cache[k]
+            self._cache[digest] = claims
+
+    def _verify_uncached(self, token: str, keys: Mapping[str, PyJWK]) -> Claims:
+        """The full check: header, key by kid, signature and registered claims (PyJWT), then our claims."""
+        with self._lock:
+            self.stats.verifications += 1
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise self._refuse("malformed bearer token", "malformed") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise self._refuse("token algorithm not allowed", "algorithm")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYP):
+            raise self._refuse("token type not accepted", "malformed")
+        if "crit" in header:
+            raise self._refuse("token has critical header extensions", "malformed")
+        kid = header.get("kid")
+        key = keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise self._refuse("token signed by an unknown key", "unknown_kid")
+        if key.algorithm_name != alg:
+            raise self._refuse("token algorithm does not match its key", "algorithm")
+        try:
+            decoded = jwt.decode_complete(
+                token,
+                key=key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": REQUIRED_CLAIMS, "verify_signature": True, "strict_aud": False},
+            )
+        except jwt.PyJWTError as exc:
+            message, reason = _classify(exc)
+            raise self._refuse(message, reason) from None
+        return self._claims(decoded["payload"])
+
+    def _claims(self, payload: dict[str, Any]) -> Claims:
+        """Build Claims, refusing (reason "claims") wrongly typed sub, exp, scope or cnf."""
+        sub, exp, scope, cnf = payload.get("sub"), payload.get("exp"), payload.get("scope", ""), payload.get("cnf")
+        if not isinstance(sub, str) or not sub:
+            raise self._refuse("token subject invalid", "claims")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise self._refuse("token expiry invalid", "claims")
+        if not isinstance(scope, str):
+            raise self._refuse("token scope invalid", "claims")
+        thumbprint = None
+        if cnf is not None:
+            thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+            if not isinstance(thumbprint, str) or not thumbprint:
+                raise self._refuse("token confirmation (cnf) invalid", "claims")
+        return Claims(
+            sub=sub,
+            scopes=frozenset(scope.split()),
+            exp=int(exp),
+            cnf_thumbprint=thumbprint,
+            raw=MappingProxyType(payload),
+        )
+
+    def _refuse(self, message: str, reason: str) -> Unauthenticated:
+        """Count a refusal and build the exception (reason from the fixed set, message token-free)."""
+        with self._lock:
+            self.stats.refusals += 1
+        return Unauthenticated(message, reason=reason)
+
+
+def load_jwks(path: Path, algorithms: Sequence[str] = DEFAULT_ALGORITHMS) -> dict[str, PyJWK]:
+    """Read a JWKS file into {kid: PyJWK}, keeping only signature keys with a kid and an allowed algorithm.
+
+    Symmetric (`oct`) keys are never loaded. ConfigError if the file is unreadable, has duplicate kids,
+    or leaves no usable key.
+    """
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+        entries = data["keys"]
+        if not isinstance(entries, list):
+            raise TypeError("'keys' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read JWKS {path}: {exc}") from None
+    keys: dict[str, PyJWK] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kty") == "oct":
+            continue
+        if "d" in entry:
+            log.warning("JWKS %s holds private key material (kid %s): skipped; remove it", path, entry.get("kid"))
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or not kid or entry.get("use", "sig") != "sig":
+            continue
+        try:
+            key = PyJWK(entry)
+        except jwt.PyJWTError as exc:
+            log.warning("JWKS %s: skipping key %s: %s", path, kid, exc)
+            continue
+        if key.algorithm_name not in algorithms:
+            continue
+        if kid in keys:
+            raise ConfigError(f"JWKS {path} has two keys with kid {kid!r}")
+        keys[kid] = key
+    if not keys:
+        raise ConfigError(f"JWKS {path} holds no usable signature key for {list(algorithms)}")
+    return keys
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is rewritten or replaced: (mtime_ns, size, inode)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot stat JWKS {path}: {exc}") from None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _classify(exc: jwt.PyJWTError) -> tuple[str, str]:
+    """Map a PyJWT error to a client-safe message and one of REASONS (subclasses first)."""
+    table: list[tuple[type[jwt.PyJWTError], str, str]] = [
+        (jwt.ExpiredSignatureError, "token expired", "expired"),
+        (jwt.InvalidAudienceError, "token audience not accepted", "audience"),
+        (jwt.InvalidIssuerError, "token issuer not accepted", "issuer"),
+        (jwt.InvalidAlgorithmError, "token algorithm not allowed", "algorithm"),
+        (jwt.InvalidKeyError, "token algorithm not allowed", "algorithm"),
+        (jwt.InvalidSignatureError, "token signature invalid", "signature"),
+        (jwt.MissingRequiredClaimError, "token lacks a required claim", "claims"),
+        (jwt.DecodeError, "malformed bearer token", "malformed"),
+    ]
+    for cls, message, reason in table:
+        if isinstance(exc, cls):
+            if isinstance(exc, jwt.MissingRequiredClaimError):
+                message = f"token lacks the required claim {exc.claim!r}"
+            return message, reason
+    return "token claims invalid", "claims"

@@ -1,0 +1,259 @@
+"""The development PKI and keys that `sealgate init` writes: a P-256 CA, server and SPIFFE client
+certificates, the model-signing key, the gateway's X25519 recipient key, and the JWT issuer with its JWKS.
+
+Production deployments bring their own PKI; these are sane, short-lived defaults for one machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import re
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.auth.defaults import AUDIENCE, CERT_DAYS, ISSUER, TRUST_DOMAIN
+from gateway.auth.jwk import public_jwk
+from gateway.auth.keyfiles import refuse_existing, write_file, write_private_key
+from gateway.errors import ConfigError
+
+__all__ = [
+    "AUDIENCE",
+    "ISSUER",
+    "TRUST_DOMAIN",
+    "add_client",
+    "client_spiffe_id",
+    "write_dev_pki",
+    "write_jwt_issuer",
+    "write_private_key",
+    "write_recipient_keys",
+    "write_signing_keys",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SKEW = dt.timedelta(minutes=5)
+
+
+def client_spiffe_id(name: str, trust_domain: str = TRUST_DOMAIN) -> str:
+    """The SPIFFE ID a dev client certificate carries: spiffe://<trust domain>/client/<name>."""
+    return f"spiffe://{trust_domain}/client/{_check_name(name)}"
+
+
+def write_dev_pki(dir: Path, force: bool = False, client_name: str = "dev", days: int = CERT_DAYS) -> list[Path]:
+    """Write ca.pem/.key, server.pem/.key (localhost, 127.0.0.1, ::1) and client.pem/.key (SPIFFE URI SAN).
+
+    Refuses to touch anything if one of the six files exists, unless `force` (which mints a new CA).
+    """
+    dir = _ensure_dir(dir)
+    paths = [dir / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")]
+    refuse_existing(paths, force)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _ca_certificate(ca_key, days)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _leaf(ca_cert, ca_key, server_key, "localhost", _server_sans(), ExtendedKeyUsageOID.SERVER_AUTH, days)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = _client_certificate(ca_cert, ca_key, client_key, client_name, days)
+    write_private_key(paths[1], ca_key, force)
+    write_file(paths[0], _pem(ca_cert), force=force)
+    write_private_key(paths[3], server_key, force)
+    write_file(paths[2], _pem(server_cert), force=force)
+    write_private_key(paths[5], client_key, force)
+    write_file(paths[4], _pem(client_cert), force=force)
+    return paths
+
+
+def add_client(dir: Path, name: str, force: bool = False, days: int = CERT_DAYS) -> list[Path]:
+    """Issue client-<name>.pem/.key (URI SAN spiffe://sealgate.local/client/<name>) from the existing dev CA."""
+    dir = Path(dir)
+    ca_cert, ca_key = load_ca(dir)
+    paths = [dir / f"client-{_check_name(name)}.pem", dir / f"client-{name}.key"]
+    refuse_existing(paths, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _client_certificate(ca_cert, ca_key, key, name, days)
+    write_private_key(paths[1], key, force)
+    write_file(paths[0], _pem(cert), force=force)
+    return paths
+
+
+def load_ca(dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Load ca.pem and ca.key from `dir`; ConfigError when missing, unreadable or not a matching P-256 pair."""
+    try:
+        cert = x509.load_pem_x509_certificate((Path(dir) / "ca.pem").read_bytes())
+        key = serialization.load_pem_private_key((Path(dir) / "ca.key").read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot load the dev CA from {dir}: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise ConfigError(f"{dir}/ca.key is not the P-256 key of {dir}/ca.pem")
+    return cert, key
+
+
+def write_signing_keys(dir: Path, force: bool = False) -> list[Path]:
+    """Write the model-signing key pair: signing.key (PKCS#8 PEM, ECDSA P-256) and signing.pub (SPKI PEM)."""
+    dir = _ensure_dir(dir)
+    paths = [dir / "signing.key", dir / "signing.pub"]
+    refuse_existing(paths, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_private_key(paths[0], key, force)
+    write_file(paths[1], _spki(key.public_key()), force=force)
+    return paths
+
+
+def write_recipient_keys(dir: Path, stem: str = "gateway", force: bool = False) -> list[Path]:
+    """Write an X25519 recipient key pair for sealed artifacts: <stem>.key (PKCS#8 PEM), <stem>.pub (SPKI PEM)."""
+    dir = _ensure_dir(dir)
+    paths = [dir / f"{_check_name(stem)}.key", dir / f"{stem}.pub"]
+    refuse_existing(paths, force)
+    key = x25519.X25519PrivateKey.generate()
+    write_private_key(paths[0], key, force)
+    write_file(paths[1], _spki(key.public_key()), force=force)
+    return paths
+
+
+def write_jwt_issuer(dir: Path, force: bool = False) -> list[Path]:
+    """Write the dev token issuer: jwt-issuer.key (ES256, PKCS#8 PEM), jwt-issuer.pub and jwks.json.
+
+    The JWKS key carries `kid` = its RFC 7638 thumbprint, `alg: ES256` and `use: sig`.
+    """
+    dir = _ensure_dir(dir)
+    paths = [dir / "jwt-issuer.key", dir / "jwt-issuer.pub", dir / "jwks.json"]
+    refuse_existing(paths, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks = json.dumps({"keys": [public_jwk(key.public_key())]}, indent=2) + "\n"
+    write_private_key(paths[0], key, force)
+    write_file(paths[1], _spki(key.public_key()), force=force)
+    write_file(paths[2], jwks.encode("utf-8"), force=force)
+    return paths
+
+
+# --- certificates ---------------------------------------------------------------------------------
+def _ca_certificate(key: ec.EllipticCurvePrivateKey, days: int) -> x509.Certificate:
+    """A self-signed CA: CA:true with pathlen 0 (it signs leaves only), keyCertSign + cRLSign."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sealgate"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "sealgate dev CA"),
+        ]
+    )
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    )
+    return builder.sign(key, hashes.SHA256())
+
+
+def _client_certificate(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, key: ec.EllipticCurvePrivateKey, name: str, days: int
+) -> x509.Certificate:
+    """A client leaf whose only SAN is its SPIFFE ID, for clientAuth."""
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(client_spiffe_id(name))]
+    return _leaf(ca_cert, ca_key, key, name, sans, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+
+
+def _leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    eku: x509.ObjectIdentifier,
+    days: int,
+) -> x509.Certificate:
+    """An end-entity certificate: CA:false, digitalSignature, one EKU, the given SANs, valid `days`."""
+    now = _now()
+    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sealgate"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _server_sans() -> list[x509.GeneralName]:
+    """Loopback names only: DNS:localhost, IP:127.0.0.1, IP:::1."""
+    return [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    """keyCertSign + cRLSign for the CA, digitalSignature (all ECDHE-ECDSA needs) for leaves."""
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# --- small helpers --------------------------------------------------------------------------------
+def _check_name(name: str) -> str:
+    """A client or key name safe in a file name and a SPIFFE path: [A-Za-z0-9._-], up to 63 characters."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"invalid name {name!r}: use letters, digits, '.', '_' or '-' (max 63)")
+    return name
+
+
+def _ensure_dir(dir: Path) -> Path:
+    """Create the key directory (0700 when new) and return it as a Path."""
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return dir
+
+
+def _now() -> dt.datetime:
+    """The current time in UTC, to the second."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    """A certificate as PEM."""
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _spki(pub: ec.EllipticCurvePublicKey | x25519.X25519PublicKey) -> bytes:
+    """A public key as SubjectPublicKeyInfo PEM."""
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

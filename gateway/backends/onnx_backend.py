@@ -1,0 +1,227 @@
+"""ONNX Runtime backend: an InferenceSession built from bytes, so a decrypted model never touches disk.
+
+External weight files (`model.onnx.data`) are handed to ONNX Runtime from memory as well; a model
+whose external data is not among the opened files is refused rather than read from the filesystem.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, ValueInfoProto
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from gateway.backends.base import BackendConfig, TensorSpec
+from gateway.backends.dtypes import BYTES, numpy_dtype, v2_from_onnx
+from gateway.backends.validation import validate_inputs, validate_outputs
+from gateway.errors import InvalidInput, Unavailable, UnsafeArchive, UnsupportedFormat
+
+PLATFORM = "onnxruntime_onnx"
+CPU = "CPUExecutionProvider"
+
+log = logging.getLogger(__name__)
+
+_LOAD_ERRORS = (
+    ort_state.EPFail,
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NoModel,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
+
+
+def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The configured providers this onnxruntime build offers, in order, with CPU always last resort."""
+    chosen: list[str] = []
+    for provider in requested:
+        if provider in chosen:
+            continue
+        if provider in available:
+            chosen.append(provider)
+        else:
+            log.warning(
+                "execution provider %s is configured but not available in this onnxruntime build "
+                "(available: %s); skipping it",
+                provider,
+                ", ".join(available),
+            )
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+def _session_options(config: BackendConfig) -> ort.SessionOptions:
+    """Session options that write nothing: no optimized-model file, no profiling."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = False
+    return options
+
+
+def _graph_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Every tensor a graph holds, subgraphs (If, Loop, Scan) included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == AttributeProto.GRAPH:
+                yield from _graph_tensors(attribute.g)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from _graph_tensors(subgraph)
+
+
+def _external_locations(model: ModelProto) -> set[str]:
+    """The external-data file names the model refers to, as written in the model."""
+    locations: set[str] = set()
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            locations.add(entries.get("location", ""))
+    return locations
+
+
+def _resolve_external(model_path: str, location: str, files: Mapping[str, bytes]) -> str:
+    """The opened file that holds one external-data location, which must stay inside the model."""
+    folder = posixpath.dirname(model_path)
+    joined = posixpath.normpath(posixpath.join(folder, location)) if location else ""
+    if not location or location.startswith("/") or "\\" in location or joined == ".." or joined.startswith("../"):
+        raise UnsafeArchive(f"{model_path}: external data location {location!r} leaves the model folder")
+    if joined not in files:
+        raise UnsupportedFormat(f"{model_path}: external data file {joined!r} is missing from the model")
+    return joined
+
+
+def _declared_ranks(model: ModelProto) -> dict[str, bool]:
+    """Whether each graph input/output declares a shape (ONNX Runtime shows unknown rank as [])."""
+
+    def has_shape(info: ValueInfoProto) -> bool:
+        return info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")
+
+    return {info.name: has_shape(info) for info in (*model.graph.input, *model.graph.output)}
+
+
+def _spec(arg: ort.NodeArg, rank_known: bool) -> TensorSpec:
+    """A TensorSpec from an ONNX Runtime input/output description; symbolic dims become -1."""
+    try:
+        datatype = v2_from_onnx(arg.type)
+    except UnsupportedFormat as exc:
+        raise UnsupportedFormat(f"tensor {arg.name!r}: {exc}") from None
+    if not rank_known:
+        return TensorSpec(arg.name, datatype, (), rank_known=False)
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _to_ort(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+    """A validated input in the form ONNX Runtime reads: native, contiguous; BYTES as UTF-8 str."""
+    if spec.datatype != BYTES:
+        return np.ascontiguousarray(value, dtype=numpy_dtype(spec.datatype))
+    out = np.empty(value.shape, dtype=object)
+    flat = out.reshape(-1)
+    for index, element in enumerate(value.flat):
+        try:
+            flat[index] = bytes(element).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"input {spec.name!r}: ONNX string tensors hold UTF-8 text; element {index} is not UTF-8"
+            ) from None
+    return out
+
+
+def _from_ort(value: np.ndarray) -> np.ndarray:
+    """An ONNX Runtime output as sealgate returns it: string tensors become object arrays of bytes."""
+    if value.dtype.kind not in "OU":
+        return value
+    out = np.empty(value.shape, dtype=object)
+    flat = out.reshape(-1)
+    for index, element in enumerate(value.flat):
+        flat[index] = element.encode("utf-8") if isinstance(element, str) else bytes(element)
+    return out
+
+
+class OnnxModel:
+    """An ONNX model served by one InferenceSession; ONNX Runtime allows concurrent run() calls."""
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+    ) -> None:
+        """Wrap a ready session and the specs read from it."""
+        self._session: ort.InferenceSession | None = session
+        self.inputs = inputs
+        self.outputs = outputs
+        self.providers: tuple[str, ...] = tuple(session.get_providers())
+
+    def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Validate, run, and return the requested outputs by name."""
+        session = self._session
+        if session is None:
+            raise Unavailable("model is closed")
+        validate_inputs(self.inputs, inputs)
+        names = validate_outputs(self.outputs, outputs)
+        feed = {spec.name: _to_ort(spec, inputs[spec.name]) for spec in self.inputs}
+        try:
+            results = session.run(list(names), feed)
+        except ort_state.InvalidArgument as exc:
+            log.warning("ONNX Runtime refused a request: %s", exc)
+            raise InvalidInput("the model could not run on these inputs (ONNX Runtime refused them)") from exc
+        return {name: _from_ort(result) for name, result in zip(names, results, strict=True)}
+
+    def close(self) -> None:
+        """Drop the session; runs in progress hold their own reference and finish."""
+        self._session = None
+
+
+def load_onnx(model_path: str, files: Mapping[str, bytes], config: BackendConfig) -> OnnxModel:
+    """Build an OnnxModel from the opened files, `model_path` naming the .onnx file among them."""
+    data = files[model_path]
+    proto = ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError:
+        raise UnsupportedFormat(f"{model_path} is not an ONNX model (protobuf does not parse)") from None
+    locations = sorted(_external_locations(proto))
+    resolved = [_resolve_external(model_path, location, files) for location in locations]
+    ranks = _declared_ranks(proto)
+    del proto
+
+    options = _session_options(config)
+    buffers = [files[path] for path in resolved]  # must stay alive until the session exists
+    if locations:
+        options.add_external_initializers_from_files_in_memory(locations, buffers, [len(buffer) for buffer in buffers])
+    providers = resolve_providers(config.providers, ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(data, options, providers=providers)
+    except _LOAD_ERRORS as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedFormat(f"ONNX Runtime cannot load {model_path}: {first_line}") from exc
+    active = session.get_providers()
+    if active != providers:
+        log.warning("ONNX Runtime is using %s, not the configured %s", ", ".join(active), ", ".join(providers))
+
+    inputs = tuple(_spec(arg, ranks.get(arg.name, True)) for arg in session.get_inputs())
+    outputs = tuple(_spec(arg, ranks.get(arg.name, True)) for arg in session.get_outputs())
+    log.info("loaded ONNX model %s on %s", model_path, ", ".join(active))
+    return OnnxModel(session, inputs, outputs)
