@@ -198,8 +198,150 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
+# --- serving and release ---------------------------------------------------------------------------
+Address = Annotated[str, typer.Option(help="Gateway gRPC address.")]
+Token = Annotated[str | None, typer.Option(help="Bearer token (default: $SEALGATE_TOKEN).")]
+Cert = Annotated[Path | None, typer.Option(help="Client certificate (default: DIR/client.pem).")]
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="TOML config (default: ./models with ./certs).")] = None,
+) -> None:
+    """Serve sealed models over gRPC (8500) and REST (8501) behind mTLS and JWT, until SIGTERM."""
+    from gateway.config import load_config
+    from gateway.server.app import serve as run
+
+    raise typer.Exit(run(load_config(config)))
+
+
+def _client(address: str, dir: Path, token: str | None, cert: Path | None) -> object:
+    from gateway.release.client import GatewayTarget, ReleaseClient, token_from_env
+
+    target = GatewayTarget(
+        address=address,
+        ca=dir / "ca.pem",
+        cert=cert or dir / "client.pem",
+        key=(cert.with_suffix(".key") if cert else dir / "client.key"),
+        token=token_from_env(token),
+    )
+    return ReleaseClient(target)
+
+
+def _progress(label: str) -> tuple[object, object]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@app.command()
+def push(
+    sealed: Path,
+    address: Address = "127.0.0.1:8500",
+    dir: CertsDir = Path("certs"),
+    token: Token = None,
+    cert: Cert = None,
+) -> None:
+    """Push a sealed artifact to the gateway (scope release:<model>); it serves once verified."""
+    from gateway.artifact.sealed import inspect
+
+    header = inspect(sealed)
+    client = _client(address, dir, token, cert)
+    bar, update = _progress(f"push {header.name} v{header.version}")
+    with client, bar:  # type: ignore[attr-defined]
+        resp = client.push(sealed, header.name, header.version, progress=update)  # type: ignore[attr-defined]
+    from gateway.protos.sealgate.v1 import release_pb2 as pb
+
+    out.print(
+        f"pushed {resp.name} v{resp.version} ({resp.size} bytes): {pb.VersionStatus.State.Name(resp.state)}",
+        highlight=False,
+    )
+
+
+@app.command()
+def fetch(
+    name: str,
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the sealed file.")],
+    version: Annotated[int, typer.Option(help="Version (0: the one serving now).")] = 0,
+    address: Address = "127.0.0.1:8500",
+    dir: CertsDir = Path("certs"),
+    token: Token = None,
+    cert: Cert = None,
+) -> None:
+    """Fetch a sealed artifact (scope fetch:<model>); open it offline with `sealgate unseal`."""
+    client = _client(address, dir, token, cert)
+    bar, update = _progress(f"fetch {name}")
+    with client, bar:  # type: ignore[attr-defined]
+        meta = client.fetch(name, out_file, version, progress=update)  # type: ignore[attr-defined]
+    out.print(
+        f"fetched {meta.name} v{meta.version} ({meta.size} bytes, sha256 {meta.sha256[:16]}…) -> {out_file}",
+        highlight=False,
+    )
+
+
+@app.command()
+def models(
+    name: Annotated[str, typer.Argument(help="Only this model.")] = "",
+    address: Address = "127.0.0.1:8500",
+    dir: CertsDir = Path("certs"),
+    token: Token = None,
+    cert: Cert = None,
+) -> None:
+    """List models, versions and their state on the gateway."""
+    from rich.table import Table
+
+    from gateway.protos.sealgate.v1 import release_pb2 as pb
+
+    with _client(address, dir, token, cert) as client:  # type: ignore[attr-defined]
+        resp = client.list(name)
+    table = Table("model", "version", "state", "pinned", "ε", "accuracy", "reason")
+    for m in resp.models:
+        for v in m.versions:
+            eps = f"{v.provenance.epsilon:.2f}" if v.provenance.HasField("epsilon") else "-"
+            acc = v.provenance.metrics.get("accuracy")
+            table.add_row(
+                m.name,
+                str(v.version),
+                pb.VersionStatus.State.Name(v.state),
+                "yes" if v.pinned else "",
+                eps,
+                f"{acc:.4f}" if acc is not None else "-",
+                v.reason[:60],
+            )
+    out.print(table)
+
+
+@app.command()
+def rollback(
+    name: str,
+    version: Annotated[int, typer.Option(help="Earlier version to serve again.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "manual rollback",
+    address: Address = "127.0.0.1:8500",
+    dir: CertsDir = Path("certs"),
+    token: Token = None,
+    cert: Cert = None,
+) -> None:
+    """Serve an earlier version again (scope release:<model> or admin); audited."""
+    with _client(address, dir, token, cert) as client:  # type: ignore[attr-defined]
+        resp = client.rollback(name, version, reason)
+    out.print(f"{resp.name}: now serving v{resp.version} (was v{resp.previous_version})", highlight=False)
+
+
 # --- demo ------------------------------------------------------------------------------------------
 @app.command()
 def demo() -> None:
     """The whole story in one command (not yet: lands with the demo issue)."""
     out.print("sealgate demo: not yet — lands with the demo issue")
+
+
+if __name__ == "__main__":
+    main()

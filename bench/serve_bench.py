@@ -1,0 +1,159 @@
+"""Serving benchmark: the gateway (mTLS + JWT + metrics + audit, sealed model) against a bare grpc.aio
+V2 server with the same mTLS calling ONNX Runtime inline, in the same run, same model (64-256-256-1 MLP).
+
+Closed-loop load from `tritonclient.grpc.aio` at several concurrencies; prints requests/s, p50 and p99
+for each server and the ratios. Each server runs in its own process; the load generator in this one.
+
+    python bench/serve_bench.py [--seconds 5] [--concurrency 1 16 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import harness  # noqa: E402
+from tests.models import make_onnx_mlp  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open")
+
+
+async def load(
+    port: int, env: harness.Env, headers: dict[str, str], concurrency: int, seconds: float
+) -> dict[str, float]:
+    import tritonclient.grpc.aio as aioclient
+
+    client = aioclient.InferenceServerClient(
+        f"127.0.0.1:{port}",
+        ssl=True,
+        root_certificates=str(env.certs / "ca.pem"),
+        private_key=str(env.certs / "client.key"),
+        certificate_chain=str(env.certs / "client.pem"),
+    )
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    inp = aioclient.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    for _ in range(50):
+        await client.infer("mlp", [inp], headers=headers)
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            await client.infer("mlp", [inp], headers=headers)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    lat = np.array(latencies)
+    return {
+        "rps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sealgate-bench-"))
+    gw_port, rest_port, bare_port = free_port(), free_port(), free_port()
+    env = harness.make_env(work, gw_port, rest_port)
+    files = make_onnx_mlp(64, (256, 256), 1, seed=0)
+    (work / "model.onnx").write_bytes(files["model.onnx"])
+    harness.seal_model(env, "mlp", 1, files)
+    headers = {"authorization": "Bearer " + harness.token(env, "infer:mlp", ttl=3600)}
+    py = sys.executable
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    gw = subprocess.Popen(
+        [py, "-m", "gateway.cli", "serve", "--config", str(work / "sealgate.toml")],
+        cwd=work,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    bare = subprocess.Popen(
+        [
+            py,
+            str(ROOT / "bench" / "bare_server.py"),
+            "--port",
+            str(bare_port),
+            "--certs",
+            str(env.certs),
+            "--model",
+            str(work / "model.onnx"),
+        ],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(gw_port, gw)
+        wait_port(bare_port, bare)
+        time.sleep(1.0)
+        print(
+            f"64-256-256-1 MLP, batch 1, {args.seconds:.0f} s per point, median of {args.repeats}; "
+            f"{os.cpu_count()} cores"
+        )
+        print(
+            f"{'conc':>4} | {'bare rps':>9} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} "
+            f"{'p99 ms':>7} | {'rps ratio':>9} {'p50 ratio':>9}"
+        )
+        for c in args.concurrency:
+            runs: dict[str, list[dict[str, float]]] = {"bare": [], "gw": []}
+            for _ in range(args.repeats):
+                runs["bare"].append(asyncio.run(load(bare_port, env, headers, c, args.seconds)))
+                runs["gw"].append(asyncio.run(load(gw_port, env, headers, c, args.seconds)))
+            med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
+            b, g = med["bare"], med["gw"]
+            print(
+                f"{c:>4} | {b['rps']:>9.0f} {b['p50_ms']:>7.2f} {b['p99_ms']:>7.2f} | {g['rps']:>11.0f} "
+                f"{g['p50_ms']:>7.2f} {g['p99_ms']:>7.2f} | {g['rps'] / b['rps']:>9.2f} "
+                f"{g['p50_ms'] / b['p50_ms']:>9.2f}"
+            )
+    finally:
+        for p in (gw, bare):
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()

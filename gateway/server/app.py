@@ -1,0 +1,205 @@
+"""Compose the gateway from its config: manager, auth, gRPC services (inference, release, health,
+reflection), REST, metrics, audit; run it until SIGTERM, then drain and exit 0.
+
+`Gateway` runs on an asyncio loop (grpc.aio). `GatewayThread` runs one in a background thread, for
+tests, benchmarks and the demo; `serve()` runs one in the foreground for `sealgate serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from gateway.artifact.keys import load_identity, load_trusted
+from gateway.artifact.sealed import TrustStore
+from gateway.auth.audit import AuditLog
+from gateway.auth.authorizer import Authorizer
+from gateway.auth.jwt_verify import TokenVerifier
+from gateway.auth.tls import server_credentials, ssl_context_for_rest
+from gateway.backends import BackendConfig
+from gateway.config import Config
+from gateway.protos import pool
+from gateway.protos.inference import grpc_service_pb2 as inference_pb2
+from gateway.protos.inference import grpc_service_pb2_grpc as inference_grpc
+from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
+from gateway.server.guard import Guard
+from gateway.server.inference import InferenceService, PeerCache
+from gateway.server.metrics import Metrics
+from gateway.server.release import ReleaseService
+from gateway.server.rest import RestServer
+from gateway.serving.manager import ModelManager
+from gateway.serving.policy import VersionPolicy
+
+log = logging.getLogger("sealgate.server")
+HEALTH_SYNC_S = 0.5
+
+
+def build_manager(config: Config) -> ModelManager:
+    """The model manager of a config: repository, identities, trust store, backend, version policy."""
+    repo_cfg = config.repository
+    policy = (
+        VersionPolicy.latest(repo_cfg.latest)
+        if repo_cfg.version_policy == "latest"
+        else VersionPolicy.specific(repo_cfg.versions)
+    )
+    from gateway.serving.repository import Repository
+
+    return ModelManager(
+        Repository(repo_cfg.path),
+        [load_identity(p) for p in config.keys.identities],
+        TrustStore.of([load_trusted(p) for p in config.keys.trusted_signers]),
+        BackendConfig(tuple(config.backend.providers), config.backend.intra_op_threads),
+        policy=policy,
+        poll_interval=repo_cfg.poll_interval_s,
+    )
+
+
+class Gateway:
+    """One gateway: start() binds and serves, stop() stops accepting and drains in-flight calls."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        audit_path = config.audit.path
+        self.audit = AuditLog(None if audit_path in ("-", "") else Path(audit_path))
+        verifier = TokenVerifier(
+            config.auth.jwks,
+            issuer=config.auth.issuer,
+            audience=config.auth.audience,
+            algorithms=tuple(config.auth.algorithms),
+            leeway=config.auth.leeway_s,
+        )
+        self.guard = Guard(Authorizer(verifier), self.audit, self.metrics)
+        self.manager = build_manager(config)
+        self.manager.metrics = self.metrics
+        self.grpc_port = 0
+        self.rest_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._rest: RestServer | None = None
+        self._health = health_aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.manager.poll()
+        self.manager.start()
+        limit = cfg.server.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", max(limit, 4 << 20)),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        peers = PeerCache()
+        inference_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(self.manager, self.guard, peers), self._server
+        )
+        release_pb2_grpc.add_ReleaseServicer_to_server(
+            ReleaseService(self.manager, self.guard, peers, cfg.server), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        pool.mirror(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+        names = (
+            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            release_pb2.DESCRIPTOR.services_by_name["Release"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self._server, pool=pool.POOL)
+        creds = server_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
+        self.grpc_port = self._server.add_secure_port(cfg.server.grpc_address, creds)
+        await self._server.start()
+        if cfg.server.rest:
+            ctx = ssl_context_for_rest(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
+            self._rest = RestServer(cfg.server.rest_address, self.manager, self.guard, ctx, limit)
+            self.rest_port = self._rest.port
+            self._rest.start()
+        await self._sync_health()
+        self._health_task = asyncio.create_task(self._health_loop())
+        log.info("sealgate serving: gRPC %s, REST %s", self.grpc_port, self.rest_port or "off")
+
+    async def _sync_health(self) -> None:
+        status = health_pb2.HealthCheckResponse
+        ready = self.manager.ready()
+        await self._health.set("", status.SERVING if ready else status.NOT_SERVING)
+        serving: dict[str, bool] = {}
+        for st in self.manager.status():
+            serving[st.name] = serving.get(st.name, False) or st.state.name == "SERVING"
+        for name, ok in serving.items():
+            await self._health.set(name, status.SERVING if ok else status.NOT_SERVING)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_SYNC_S)
+            try:
+                await self._sync_health()
+            except Exception:
+                log.exception("health sync failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight calls finish (up to `grace` s), then release everything."""
+        grace = self.config.server.drain_seconds if grace is None else grace
+        if self._health_task:
+            self._health_task.cancel()
+        await self._health.enter_graceful_shutdown()
+        if self._rest:
+            self._rest.stop()
+        if self._server:
+            await self._server.stop(grace)
+        self.manager.stop()
+        self.audit.close()
+
+
+class GatewayThread:
+    """Run a Gateway on its own event loop in a daemon thread (tests, bench, demo)."""
+
+    def __init__(self, config: Config) -> None:
+        self.gateway = Gateway(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sealgate-gateway", daemon=True)
+
+    def __enter__(self) -> Gateway:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.gateway.start(), self._loop).result(60)
+        return self.gateway
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(1.0), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def serve(config: Config) -> int:
+    """Run the gateway in the foreground until SIGTERM/SIGINT; drain, then return 0."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        print(
+            f"sealgate serving {config.repository.path}: gRPC {config.server.grpc_address} (port {gateway.grpc_port}), "
+            f"REST {config.server.rest_address} (port {gateway.rest_port})",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received: draining")
+        await gateway.stop()
+        log.info("stopped")
+
+    asyncio.run(main())
+    return 0

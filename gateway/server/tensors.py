@@ -1,0 +1,130 @@
+"""Open Inference Protocol tensors <-> numpy: raw and typed contents, BYTES framing, size checks.
+
+Every mismatch a client can cause (datatype, shape, byte count, framing) raises InvalidInput with a
+message naming the tensor; nothing here trusts a declared size before checking it against the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from gateway.backends.dtypes import BYTES, numpy_dtype, v2_from_numpy
+from gateway.errors import InvalidInput
+from gateway.protos.inference import grpc_service_pb2 as pb
+
+MAX_ELEMENTS = 1 << 28
+
+# typed-contents field for each datatype (Triton's mapping)
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+
+
+def _count(name: str, shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        n *= d
+        if n > MAX_ELEMENTS:
+            raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
+    return n
+
+
+def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    """Split Triton's BYTES framing (4-byte little-endian length, then the bytes) into an object array."""
+    out = np.empty(count, dtype=object)
+    view, pos = memoryview(raw), 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidInput(f"input {name!r}: BYTES content ends before element {i}")
+        (n,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if pos + n > len(view):
+            raise InvalidInput(f"input {name!r}: BYTES element {i} runs past the end of the content")
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != len(view):
+        raise InvalidInput(f"input {name!r}: {len(view) - pos} bytes left after {count} BYTES elements")
+    return out
+
+
+def encode_bytes(arr: np.ndarray) -> bytes:
+    """Frame an array of bytes/str elements in Triton's BYTES wire format."""
+    parts = []
+    for item in arr.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(b)) + b)
+    return b"".join(parts)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Turn a ModelInferRequest's inputs into numpy arrays, raw or typed, checking every size."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidInput(f"input {name!r} given twice")
+        shape = tuple(int(d) for d in tensor.shape)
+        count = _count(name, shape)
+        dtype = numpy_dtype(tensor.datatype)
+        if raw:
+            data = raw[i]
+            if tensor.datatype == BYTES:
+                arr = decode_bytes(name, data, count)
+            else:
+                expected = count * dtype.itemsize
+                if len(data) != expected:
+                    raise InvalidInput(
+                        f"input {name!r}: raw content is {len(data)} bytes, shape {list(shape)} of "
+                        f"{tensor.datatype} needs {expected}"
+                    )
+                arr = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+        else:
+            field = _TYPED_FIELD.get(tensor.datatype)
+            if field is None:
+                raise InvalidInput(f"input {name!r}: {tensor.datatype} must be sent as raw content")
+            values = getattr(tensor.contents, field)
+            if len(values) != count:
+                raise InvalidInput(
+                    f"input {name!r}: {len(values)} values in {field}, shape {list(shape)} needs {count}"
+                )
+            if tensor.datatype == BYTES:
+                arr = np.empty(count, dtype=object)
+                arr[:] = list(values)
+            else:
+                arr = np.asarray(values, dtype=dtype)
+        arrays[name] = arr.reshape(shape)
+    return arrays
+
+
+def encode_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray], order: Sequence[str]) -> None:
+    """Fill a ModelInferResponse with outputs as raw contents (what tritonclient reads fastest)."""
+    for name in order:
+        arr = outputs[name]
+        datatype = v2_from_numpy(arr.dtype)
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(arr.shape)
+        if datatype == BYTES:
+            response.raw_output_contents.append(encode_bytes(arr))
+        else:
+            response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())

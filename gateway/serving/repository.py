@@ -1,0 +1,284 @@
+"""The model repository on disk: `root/<name>/<version>.sealed` files and one crash-safe state file.
+
+Only complete artifacts ever carry a `<version>.sealed` name: every file lands through a temporary
+file in the repository, fsynced, renamed (hard-linked, so an existing version is never clobbered) and
+the folder fsynced. Temporary files (`.*.tmp`) are invisible to `scan()`, and those a crash left behind
+are removed the first time the repository is scanned. `.sealgate-state.json` holds what must survive a
+restart: per model the highest version ever seen (the anti-rollback floor), a pinned rollback version
+and the history of rollbacks; it is rewritten atomically under a thread lock and an flock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError, InvalidInput, RollbackRefused
+from gateway.fsutil import atomic_write, fsync_dir
+
+log = logging.getLogger("sealgate.serving.repository")
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+VERSION_FILE = re.compile(r"([1-9][0-9]{0,17})\.sealed")
+SUFFIX = ".sealed"
+STATE_NAME = ".sealgate-state.json"
+LOCK_NAME = ".sealgate-state.lock"
+STATE_FORMAT = "sealgate-repository-state/1"
+_COPY_BLOCK = 1 << 20
+
+T = TypeVar("T")
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid model name, else raise InvalidInput (it becomes a folder name)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            f"invalid model name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
+        )
+    return name
+
+
+def check_version(version: int) -> int:
+    """Return `version` if it is a positive integer, else raise InvalidInput."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInput(f"invalid model version {version!r}: versions are integers >= 1")
+    return version
+
+
+def is_temp_name(filename: str) -> bool:
+    """True for the temporary files of atomic writes and incoming pushes (`.*.tmp`)."""
+    return filename.startswith(".") and filename.endswith(".tmp")
+
+
+def empty_state() -> dict[str, Any]:
+    """The state of a repository that has never recorded anything."""
+    return {"format": STATE_FORMAT, "models": {}}
+
+
+def model_record(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """The (mutable) state record of one model inside a state document, created on first use."""
+    models = doc.setdefault("models", {})
+    record = models.setdefault(name, {})
+    record.setdefault("highest_seen", 0)
+    record.setdefault("pinned", None)
+    record.setdefault("rollbacks", [])
+    return record
+
+
+def _validate_state(doc: Any) -> dict[str, Any]:
+    """Check the state document's shape; anything odd is refused rather than guessed."""
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or not isinstance(doc.get("models"), dict):
+        raise ValueError(f"expected an object with format {STATE_FORMAT!r} and a 'models' object")
+    for name, record in doc["models"].items():
+        check_name(name)
+        if not isinstance(record, dict):
+            raise ValueError(f"model {name!r}: record must be an object")
+        highest, pinned = record.get("highest_seen", 0), record.get("pinned")
+        if type(highest) is not int or highest < 0:
+            raise ValueError(f"model {name!r}: highest_seen must be an integer >= 0")
+        if pinned is not None and (type(pinned) is not int or pinned < 1):
+            raise ValueError(f"model {name!r}: pinned must be null or an integer >= 1")
+        if not isinstance(record.get("rollbacks", []), list):
+            raise ValueError(f"model {name!r}: rollbacks must be a list")
+    return doc
+
+
+class Repository:
+    """Sealed model files under `root`, one folder per model name, plus the persisted version state."""
+
+    def __init__(self, root: Path, create: bool = True) -> None:
+        """Open (and with `create`, make) the repository folder; nothing is scanned or cleaned yet."""
+        self.root = Path(root)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {self.root} is not a folder")
+        self._opened_at = time.time()
+        self._cleaned = False
+        self._lock = threading.RLock()
+
+    # --- layout ---------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        """Where the version state lives."""
+        return self.root / STATE_NAME
+
+    def path(self, name: str, version: int) -> Path:
+        """Where version `version` of model `name` is (or would be) stored."""
+        return self.root / check_name(name) / f"{check_version(version)}{SUFFIX}"
+
+    def scan(self) -> dict[str, dict[int, Path]]:
+        """Every stored artifact as {name: {version: path}}; temp files and foreign names are ignored.
+
+        The first scan also removes temporary files older than this Repository object: leftovers of
+        a crash, never a transfer that this process has started since.
+        """
+        if not self._cleaned:
+            self.clean_stale(before=self._opened_at)
+            self._cleaned = True
+        found: dict[str, dict[int, Path]] = {}
+        for folder in self._model_folders():
+            versions: dict[int, Path] = {}
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.scandir(folder):
+                    match = VERSION_FILE.fullmatch(entry.name)
+                    if match and entry.is_file():
+                        versions[int(match.group(1))] = Path(entry.path)
+            if versions:
+                found[folder.name] = dict(sorted(versions.items()))
+        return found
+
+    def _model_folders(self) -> list[Path]:
+        folders = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if NAME_PATTERN.fullmatch(entry.name) and entry.is_dir():
+                folders.append(Path(entry.path))
+        return folders
+
+    def clean_stale(self, before: float | None = None) -> list[Path]:
+        """Delete temp files (`.*.tmp`) in the root and model folders, only those older than `before` if given."""
+        removed: list[Path] = []
+        for folder in (self.root, *self._model_folders()):
+            gone_here = False
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(folder):
+                    if not (is_temp_name(entry.name) and entry.is_file(follow_symlinks=False)):
+                        continue
+                    try:
+                        if before is not None and entry.stat(follow_symlinks=False).st_mtime >= before:
+                            continue
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed.append(Path(entry.path))
+                    gone_here = True
+            if gone_here:
+                fsync_dir(folder)
+        for path in removed:
+            log.info("removed a temporary file left by an interrupted write: %s", path)
+        return removed
+
+    # --- storing --------------------------------------------------------------------------------
+    def new_temp(self) -> Path:
+        """Create an empty private temp file in the repository root, for receiving a push into.
+
+        It is invisible to scan(); `store()` renames it into place, `discard()` removes it, and a
+        crash leaves it to the next start's clean-up.
+        """
+        fd, name = tempfile.mkstemp(prefix=".incoming.", suffix=".tmp", dir=self.root)
+        os.close(fd)
+        return Path(name)
+
+    def discard(self, path: Path) -> None:
+        """Remove a temp file (a refused or broken transfer), if it is still there."""
+        Path(path).unlink(missing_ok=True)
+
+    def store(self, name: str, version: int, src: Path | bytes | Iterable[bytes]) -> Path:
+        """Store a complete artifact as `<name>/<version>.sealed`, crash-safe; an existing version is refused.
+
+        `src` is a file already received into the repository (moved into place: fsync, link, unlink,
+        fsync the folders), a file elsewhere (copied), bytes, or an iterable of chunks. Refusal
+        (RollbackRefused) or failure leaves nothing behind in the model's folder.
+        """
+        target = self.path(name, version)
+        folder = target.parent
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)
+        if target.exists():
+            raise RollbackRefused(f"model {name!r} version {version} is already stored")
+        if isinstance(src, str | Path):
+            src = Path(src)
+            if self._inside(src):
+                self._move_into_place(src, target)
+            else:
+                atomic_write(target, _file_chunks(src), 0o644, force=False)
+        else:
+            atomic_write(target, src, 0o644, force=False)
+        return target
+
+    def _inside(self, path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved.parent == self.root.resolve() or resolved.parent.parent == self.root.resolve()
+
+    def _move_into_place(self, src: Path, target: Path) -> None:
+        """fsync `src`, then link it to `target` (fails if taken), unlink it and fsync both folders."""
+        with open(src, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(src, 0o644)
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            raise RollbackRefused(f"version file {target.name} of {target.parent.name!r} is already stored") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            os.replace(src, target)
+        src.unlink(missing_ok=True)
+        fsync_dir(target.parent)
+        if src.parent.resolve() != target.parent.resolve():
+            fsync_dir(src.parent)
+
+    def remove(self, name: str, version: int) -> None:
+        """Delete a stored version (undoing a store whose follow-up failed), durably."""
+        target = self.path(name, version)
+        target.unlink(missing_ok=True)
+        fsync_dir(target.parent)
+
+    # --- state ----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """A copy of the persisted state ({"format", "models": {name: record}})."""
+        with self._lock:
+            return self._read_state()
+
+    def update_state(self, fn: Callable[[dict[str, Any]], T]) -> T:
+        """Apply `fn` to the current state and write the result atomically, under a thread lock and an flock.
+
+        `fn` mutates the document it is given; its return value is returned. If it raises, nothing
+        is written.
+        """
+        with self._lock, self._file_lock():
+            doc = self._read_state()
+            result = fn(doc)
+            _validate_state(doc)
+            data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+            atomic_write(self.state_path, data, 0o644, force=True)
+            return result
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return empty_state()
+        try:
+            return _validate_state(json.loads(raw))
+        except (ValueError, InvalidInput) as exc:
+            raise ConfigError(
+                f"{self.state_path} is not valid repository state ({exc}); refusing to guess the anti-rollback floor"
+            ) from None
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while block := fh.read(_COPY_BLOCK):
+            yield block
