@@ -102,16 +102,27 @@ class AuditLog:
         self.close()
 
 
+_SECOND: list[Any] = [-1, ""]
+
+
 def _rfc3339_now() -> str:
-    """Current UTC time as RFC 3339 with milliseconds, e.g. 2026-11-27T10:00:00.123Z."""
+    """Current UTC time as RFC 3339 with milliseconds, e.g. 2026-11-27T10:00:00.123Z (strftime once a second)."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    second = int(now)
+    if _SECOND[0] != second:
+        _SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_SECOND[1]}.{int(now * 1000) % 1000:03d}Z"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9:._/-]{0,40}")
 
 
 def _text(value: object) -> str | None:
     """A short, token-free string for a scalar; anything else (tensors, bytes, containers) is redacted."""
     if value is None:
         return None
+    if type(value) is str and _PLAIN.fullmatch(value):  # short plain names: nothing to redact or cut
+        return value
     if isinstance(value, bool) or not isinstance(value, str | int):
         return REDACTED
     text = _SECRETISH.sub(REDACTED, str(value)[: 16 * MAX_FIELD_CHARS])
