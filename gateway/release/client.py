@@ -20,7 +20,7 @@ from gateway.fsutil import atomic_write
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
 
-CHUNK = 1 << 20
+CHUNK = 256 << 10  # well under any sane message limit (the gateway refuses messages over its limit)
 Progress = Callable[[int, int], None]
 
 
