@@ -1,0 +1,211 @@
+"""Operating the gateway: versions appearing on disk, refused artifacts, SIGTERM drain, config validation,
+key rotation without restart, metrics of refusals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.server.app import GatewayThread
+from tests import harness
+from tests.models import make_onnx_mlp, mlp_reference
+
+IN = 8
+
+
+def _infer(env: harness.Env, port: int, version: str = "") -> tuple[str, np.ndarray]:
+    x = np.ones((1, IN), np.float32)
+    with harness.triton(env, port) as c:
+        inp = grpcclient.InferInput("input", [1, IN], "FP32")
+        inp.set_data_from_numpy(x)
+        r = c.infer("m", [inp], model_version=version, headers={"authorization": "Bearer " + harness.token(env)})
+    return r.get_response().model_version, r.as_numpy("output")
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> harness.Env:
+    env = harness.make_env(tmp_path)
+    harness.seal_model(env, "m", 1, make_onnx_mlp(IN, (8,), 1, seed=1))
+    return env
+
+
+@pytest.fixture()
+def gateway(env: harness.Env) -> Iterator[Any]:
+    with GatewayThread(env.config) as gw:
+        yield gw
+
+
+def _wait_version(env: harness.Env, port: int, want: str, limit: float) -> float:
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if _infer(env, port)[0] == want:
+            return time.time() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"version {want} not served within {limit} s")
+
+
+def test_copied_version_served_without_restart_and_bad_ones_refused(
+    env: harness.Env, gateway: Any, tmp_path: Path
+) -> None:
+    staged = harness.seal_model(env, "m", 2, make_onnx_mlp(IN, (8,), 1, seed=2), out=tmp_path / "2.sealed")
+    os.replace(staged, env.models / "m" / "2.sealed")  # an operator's `mv` into the repository
+    assert _wait_version(env, gateway.grpc_port, "2", 2.0) < 2.0
+    np.testing.assert_allclose(
+        _infer(env, gateway.grpc_port)[1], mlp_reference(IN, (8,), 1, 2)(np.ones((1, IN))), rtol=1e-5
+    )
+    tampered = bytearray(
+        harness.seal_model(env, "m", 3, make_onnx_mlp(IN, (8,), 1, seed=3), out=tmp_path / "3.sealed").read_bytes()
+    )
+    tampered[-100] ^= 0xFF
+    (tmp_path / "3.tmp").write_bytes(bytes(tampered))
+    os.replace(tmp_path / "3.tmp", env.models / "m" / "3.sealed")
+    from gateway.auth import pki
+
+    pki.write_signing_keys(tmp_path / "rogue")
+    rogue = harness.seal_model(
+        env,
+        "m",
+        4,
+        make_onnx_mlp(IN, (8,), 1, seed=4),
+        out=tmp_path / "4.sealed",
+        signer_key=tmp_path / "rogue" / "signing.key",
+    )
+    os.replace(rogue, env.models / "m" / "4.sealed")
+    deadline = time.time() + 5
+    states: dict[int, tuple[str, str]] = {}
+    while time.time() < deadline:
+        states = {s.version: (s.state.name, s.reason) for s in gateway.manager.status("m")}
+        if states.get(3, ("",))[0] == "REFUSED" and states.get(4, ("",))[0] == "REFUSED":
+            break
+        time.sleep(0.05)
+    assert states[3][0] == "REFUSED" and "signature" in states[3][1]
+    assert states[4][0] == "REFUSED" and "trust" in states[4][1]
+    assert _infer(env, gateway.grpc_port)[0] == "2"
+    with harness.triton(env, gateway.grpc_port) as c, pytest.raises(InferenceServerException) as e:
+        inp = grpcclient.InferInput("input", [1, IN], "FP32")
+        inp.set_data_from_numpy(np.ones((1, IN), np.float32))
+        c.infer("m", [inp], model_version="3", headers={"authorization": "Bearer " + harness.token(env)})
+    assert "UNAVAILABLE" in str(e.value.status())
+
+
+def test_jwks_rotation_without_restart(env: harness.Env, gateway: Any, tmp_path: Path) -> None:
+    from gateway.auth import pki
+
+    old = harness.token(env)
+    rotated = tmp_path / "rotated"
+    pki.write_jwt_issuer(rotated)
+    time.sleep(1.1)  # the verifier looks at the JWKS file at most once a second
+    for name in ("jwt-issuer.key", "jwt-issuer.pub", "jwks.json"):
+        os.replace(rotated / name, env.certs / name)
+    time.sleep(1.1)
+    new = harness.token(env)
+    assert new != old
+    x = np.ones((1, IN), np.float32)
+    with harness.triton(env, gateway.grpc_port) as c:
+        inp = grpcclient.InferInput("input", [1, IN], "FP32")
+        inp.set_data_from_numpy(x)
+        assert c.infer("m", [inp], headers={"authorization": "Bearer " + new}).get_response().model_version == "1"
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("m", [inp], headers={"authorization": "Bearer " + old})
+    assert "UNAUTHENTICATED" in str(e.value.status())
+    metrics = requests.get(
+        f"https://127.0.0.1:{gateway.rest_port}/metrics",
+        verify=str(env.certs / "ca.pem"),
+        cert=(str(env.certs / "client.pem"), str(env.certs / "client.key")),
+        timeout=10,
+    ).text
+    assert 'sealgate_auth_failures_total{reason="unknown_kid"} 1.0' in metrics
+
+
+def test_config_is_validated(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\ngrpc_adress = '127.0.0.1:1'\n")
+    with pytest.raises(ConfigError, match="unknown key 'grpc_adress' in \\[server\\]"):
+        load_config(bad)
+    bad.write_text("[serverr]\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_config(bad)
+    bad.write_text("[auth]\nalgorithms = ['HS256']\n")
+    with pytest.raises(ConfigError, match="HS256 is not allowed"):
+        load_config(bad)
+    bad.write_text("[repository]\nlatest = 'two'\n")
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(bad)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
+    gport = _free_port()
+    env = harness.make_env(tmp_path, gport, _free_port())
+    harness.seal_model(env, "m", 1, make_onnx_mlp(IN, (8,), 1, seed=1))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(env.root / "sealgate.toml")],
+        cwd=env.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert _infer(env, gport)[0] == "1"
+                break
+            except InferenceServerException:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        done: list[str] = []
+        errors: list[BaseException] = []
+
+        def hammer() -> None:
+            try:
+                for _ in range(200):
+                    done.append(_infer(env, gport)[0])
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=hammer)
+        t.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        t.join(30)
+        assert done, "no request completed before the drain"
+        # after SIGTERM, calls either completed or were refused cleanly (UNAVAILABLE), never half-answered
+        assert all("UNAVAILABLE" in str(getattr(e, "status", lambda: "")()) for e in errors), errors
+        assert b"draining" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
