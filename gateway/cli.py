@@ -336,6 +336,51 @@ def rollback(
     out.print(f"{resp.name}: now serving v{resp.version} (was v{resp.previous_version})", highlight=False)
 
 
+# --- federated -------------------------------------------------------------------------------------
+def _register_fl() -> None:
+    """Attach `sealgate fl`: the real sub-app (torch, Flower) only when it is invoked, so other commands
+    start in a fraction of a second; otherwise a light placeholder that lists it in --help."""
+    if len(sys.argv) > 1 and sys.argv[1] == "fl":
+        from fl.commands import fl_app
+
+        app.add_typer(fl_app, name="fl")
+        return
+    placeholder = typer.Typer(help="Federated fine-tuning with differential privacy (Flower + Opacus).")
+
+    @placeholder.command("run")
+    def _run() -> None:
+        """Run a federated DP fine-tuning (see `sealgate fl run --help`)."""
+
+    app.add_typer(placeholder, name="fl")
+
+
+_register_fl()
+
+
+# --- benchmarks ------------------------------------------------------------------------------------
+BENCHES = {
+    "seal": "seal_bench.py",
+    "serve": "serve_bench.py",
+    "optimize": "optimize.py",
+    "privacy": "fl_privacy_utility.py",
+}
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help=f"One of: {', '.join(BENCHES)}.")]) -> None:
+    """Run a benchmark from bench/ (extra arguments are passed through); figures are in the README."""
+    import subprocess
+
+    script = BENCHES.get(name)
+    if script is None:
+        raise SealgateError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
+    root = Path(__file__).resolve().parents[1]
+    path = root / "bench" / script
+    if not path.is_file():
+        raise SealgateError(f"{path} not found: benchmarks run from a source checkout")
+    raise typer.Exit(subprocess.call([sys.executable, str(path), *ctx.args], cwd=root))
+
+
 # --- demo ------------------------------------------------------------------------------------------
 @app.command()
 def demo() -> None:
