@@ -35,7 +35,8 @@ def main() -> None:
     try:
         app()
     except SealgateError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # plain text on one line: the message may hold paths with brackets and must never wrap
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -383,9 +384,16 @@ def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help=f"One of:
 
 # --- demo ------------------------------------------------------------------------------------------
 @app.command()
-def demo() -> None:
-    """The whole story in one command (not yet: lands with the demo issue)."""
-    out.print("sealgate demo: not yet — lands with the demo issue")
+def demo(
+    dir: Annotated[Path, typer.Option("--dir", help="Folder for everything the demo makes.")] = Path("sealgate-demo"),
+    clients: Annotated[int, typer.Option(help="Federated clients.")] = 5,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    epsilon: Annotated[float, typer.Option(help="Per-client ε target for the whole run.")] = 3.0,
+) -> None:
+    """The whole story in one command, offline: PKI, train, seal, serve, DP fine-tune, prune, gate, release."""
+    from gateway.demo import run_demo
+
+    run_demo(dir, clients=clients, rounds=rounds, epsilon=epsilon)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,14 @@ def stream(files: list[SourceFile]) -> Iterator[bytes]:
 
 def unpack(plaintext: memoryview | bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
     """Split an authenticated container into {path: bytes}, refusing anything unsafe or inconsistent."""
+    return {name: bytes(view) for name, view in unpack_views(plaintext, limits).items()}
+
+
+def unpack_views(plaintext: memoryview | bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, memoryview]:
+    """Check a container like `unpack`, returning zero-copy views of each file into `plaintext`.
+
+    For callers that verify before copying (the OMS check hashes these views while the copies are made).
+    """
     view = memoryview(plaintext)
     if len(view) < 4:
         raise UnsafeArchive("container too short")
@@ -148,13 +156,15 @@ def unpack(plaintext: memoryview | bytes, limits: Limits = DEFAULT_LIMITS) -> di
         raise UnsafeArchive("container manifest length out of bounds")
     try:
         manifest = json.loads(bytes(view[4 : 4 + mlen]))
-        entries = [(str(n), int(s)) for n, s in manifest["files"]]
         fmt = manifest["format"]
-    except (ValueError, KeyError, TypeError) as exc:
+        entries = [(n, s) for n, s in manifest["files"]]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UnsafeArchive(f"malformed container manifest ({exc.__class__.__name__})") from None
     if fmt != MANIFEST_FORMAT:
         raise UnsafeArchive(f"unknown container format {fmt!r}")
     for name, size in entries:
+        if not isinstance(name, str) or type(size) is not int:
+            raise UnsafeArchive(f"malformed container manifest entry {name!r:.80}: {size!r:.40}")
         check_path(name, limits)
         if size < 0:
             raise UnsafeArchive(f"negative size for {name!r}")
@@ -162,9 +172,9 @@ def unpack(plaintext: memoryview | bytes, limits: Limits = DEFAULT_LIMITS) -> di
     offset = 4 + mlen
     if offset + sum(s for _, s in entries) != len(view):
         raise UnsafeArchive("container sizes do not add up to its length")
-    out: dict[str, bytes] = {}
+    out: dict[str, memoryview] = {}
     for name, size in entries:
-        out[name] = bytes(view[offset : offset + size])
+        out[name] = view[offset : offset + size]
         offset += size
     return out
 

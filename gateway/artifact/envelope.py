@@ -14,7 +14,8 @@ index and last-chunk flag in the nonce make reordering, repetition and truncatio
 of Tink's streaming AEAD and age's STREAM). The data key is fresh per artifact and wrapped for each
 recipient with RFC 9180 HPKE, its `info` binding the header's context and the recipient's key id.
 The signature proves origin (HPKE base mode authenticates no sender) and is checked before any decrypted
-byte is handed to a parser.
+byte is handed to a parser. While opening, memory is committed only as authentic-looking chunks arrive,
+never on the header's word, and large ciphertexts are hashed in a worker thread beside decryption.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import mmap
+import queue
+import re
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO
@@ -33,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.artifact.keys import KEM_HYBRID, KEM_X25519, Identity, RecipientKey, signer_key_id
-from gateway.errors import NotARecipient, TamperedArtifact, UnsupportedFormat, UntrustedSigner
+from gateway.errors import NotARecipient, TamperedArtifact, UnsafeArchive, UnsupportedFormat, UntrustedSigner
 
 MAGIC = b"SGSEALED"
 FORMAT_VERSION = 1
@@ -46,6 +51,8 @@ DEFAULT_CHUNK = 1 << 20
 MIN_CHUNK, MAX_CHUNK = 4 << 10, 64 << 20
 MAX_HEADER = 1 << 20
 MAX_SIG = 256
+KEY_ID = re.compile(r"[0-9a-f]{16}")
+HASH_THREAD_MIN = 8 << 20  # below this, hashing inline beats starting a thread
 AEAD_NAME = "AES-256-GCM"
 SIG_ALG = "ECDSA-P256-SHA256"
 _SUITES = {
@@ -218,9 +225,13 @@ def _parse_header(data: bytes) -> Header:
         doc = json.loads(data)
         if _canonical(doc) != data:
             raise ValueError("not canonical")
+        entries = doc["recipients"]
+        if not isinstance(entries, list) or not all(
+            isinstance(r, dict) and isinstance(r["kem"], str) and _is_key_id(r["key_id"]) for r in entries
+        ):
+            raise TypeError("recipients")
         recipients = tuple(
-            Recipient(str(r["kem"]), str(r["key_id"]), base64.b64decode(r["wrapped"], validate=True))
-            for r in doc["recipients"]
+            Recipient(r["kem"], r["key_id"], base64.b64decode(r["wrapped"], validate=True)) for r in entries
         )
         header = Header(
             name=doc["name"],
@@ -237,6 +248,9 @@ def _parse_header(data: bytes) -> Header:
             and doc["aead"] == AEAD_NAME
             and doc["signer"]["alg"] == SIG_ALG
             and isinstance(header.name, str)
+            and isinstance(header.created, str)
+            and isinstance(header.framework, str)
+            and _is_key_id(header.signer_key_id)
             and type(header.version) is int
             and header.version >= 0
             and type(header.chunk_size) is int
@@ -246,11 +260,54 @@ def _parse_header(data: bytes) -> Header:
             and set(doc) == {*header.context(), "recipients"}
             and all(r.kem in _SUITES for r in recipients)
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise TamperedArtifact(f"header is malformed ({exc.__class__.__name__})") from None
     if not ok:
         raise TamperedArtifact("header is malformed (unexpected field or value)")
     return header
+
+
+class _Hasher:
+    """SHA-256 over pieces fed in order; for large artifacts a worker thread does the hashing.
+
+    hashlib and AES-GCM both release the GIL on large buffers, so hashing the ciphertext in a thread
+    overlaps reading and decrypting it. The queue is bounded: a few chunks are in flight at most.
+    """
+
+    def __init__(self, first: bytes, threaded: bool) -> None:
+        self._digest = hashlib.sha256(first)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._thread = threading.Thread(target=self._run, name="sealgate-hash", daemon=True) if threaded else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            self._digest.update(piece)
+
+    def update(self, piece: bytes) -> None:
+        """Hash `piece` (immutable bytes: the worker may read it later)."""
+        if self._thread is None:
+            self._digest.update(piece)
+        else:
+            self._queue.put(piece)
+
+    def close(self) -> None:
+        """Stop the worker once everything queued is hashed (idempotent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def digest(self) -> bytes:
+        """The digest of every piece fed."""
+        self.close()
+        return self._digest.digest()
+
+
+def _is_key_id(value: object) -> bool:
+    """Key ids are 16 lowercase hex digits (keys.raw_key_id, keys.signer_key_id); nothing else is echoed back."""
+    return isinstance(value, str) and KEY_ID.fullmatch(value) is not None
 
 
 def open_stream(
@@ -258,63 +315,91 @@ def open_stream(
     identities: Sequence[Identity],
     trusted: Mapping[str, ec.EllipticCurvePublicKey],
     max_plaintext: int,
-) -> tuple[Header, bytearray]:
+) -> tuple[Header, memoryview]:
     """Authenticate and decrypt a sealed stream into memory; nothing returned unless every check passed.
 
     `trusted` maps signer key ids to their public keys. Checks, in order of what they report:
     format -> trusted signer -> signature over every byte (TamperedArtifact) -> recipient (NotARecipient)
     -> every chunk's tag, index, and the final flag (TamperedArtifact).
+    The plaintext lands in a private anonymous mapping whose pages are committed only as chunks are
+    decrypted into it, so a header announcing a huge size costs nothing until that much data arrives.
     """
     header, prefix = read_header(stream)
     signer = trusted.get(header.signer_key_id)
     if signer is None:
         raise UntrustedSigner(f"signed by key {header.signer_key_id}, which is not in the trust store")
     if header.plaintext_size > max_plaintext:
-        raise TamperedArtifact(f"announced size {header.plaintext_size} exceeds the limit of {max_plaintext} bytes")
+        raise UnsafeArchive(f"announced size {header.plaintext_size} exceeds the limit of {max_plaintext} bytes")
     dek, recipient_error = _unwrap(header, identities)
     aad = hashlib.sha256(prefix).digest()
-    digest = hashlib.sha256(prefix)
-    out = bytearray(header.plaintext_size) if dek is not None else bytearray()
-    aead = AESGCM(dek) if dek is not None else None
-    chunk_error: str | None = None
-    index, offset, finished = 0, 0, False
-    while True:
-        kind, length = FRAME.unpack(_read_exact(stream, FRAME.size, "frame"))
-        if kind == SIG:
-            if not finished:
-                raise TamperedArtifact("truncated artifact: the final chunk is missing")
-            if length > MAX_SIG:
-                raise TamperedArtifact("signature frame out of bounds")
-            signature = _read_exact(stream, length, "signature")
-            break
-        if finished or kind not in (DATA, FINAL):
-            raise TamperedArtifact(f"unexpected frame type {kind} after chunk {index}")
-        last = kind == FINAL
-        expected = (header.plaintext_size - offset) if last else header.chunk_size
-        if length != expected + TAG or expected <= 0 or expected > header.chunk_size:
-            raise TamperedArtifact(f"chunk {index} has a wrong length")
-        payload = _read_exact(stream, length, f"chunk {index}")
-        digest.update(FRAME.pack(kind, length))
-        digest.update(payload)
-        if aead is not None and chunk_error is None:
-            try:
-                out[offset : offset + expected] = aead.decrypt(_nonce(index, last), payload, aad)
-            except InvalidTag:
-                chunk_error = f"chunk {index} failed authentication"
-        offset += expected
-        index += 1
-        finished = last
-    if stream.read(1):
-        raise TamperedArtifact("unexpected bytes after the signature")
+    digest = _Hasher(prefix, threaded=header.plaintext_size >= HASH_THREAD_MIN)
     try:
-        signer.verify(signature, digest.digest(), ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        out, signature, chunk_error = _read_frames(stream, header, dek, aad, digest)
+        hashed = digest.digest()
+    finally:
+        digest.close()
+    try:
+        signer.verify(signature, hashed, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     except InvalidSignature:
         raise TamperedArtifact("the signature does not match the artifact's bytes") from None
-    if dek is None:
+    if dek is None or out is None:
         raise recipient_error or NotARecipient("not a recipient")
     if chunk_error is not None:
         raise TamperedArtifact(chunk_error)
-    return header, out
+    return header, memoryview(out)
+
+
+def _read_frames(
+    stream: BinaryIO, header: Header, dek: bytes | None, aad: bytes, digest: _Hasher
+) -> tuple[mmap.mmap | None, bytes, str | None]:
+    """Read every frame up to the signature, hashing them and (with a key) decrypting each chunk in place.
+
+    Returns the plaintext buffer (None without a key), the signature, and the first chunk failure.
+    Frame types, lengths and count are checked against the header before any payload is read.
+    """
+    try:
+        out = mmap.mmap(-1, header.plaintext_size, flags=mmap.MAP_PRIVATE) if dek is not None else None
+    except (OSError, MemoryError):
+        raise UnsafeArchive(f"cannot reserve {header.plaintext_size} bytes for the plaintext") from None
+    view = memoryview(out) if out is not None else None
+    aead = AESGCM(dek) if dek is not None else None
+    chunk_error: str | None = None
+    index, offset, finished = 0, 0, False
+    try:
+        while True:
+            kind, length = FRAME.unpack(_read_exact(stream, FRAME.size, "frame"))
+            if kind == SIG:
+                if not finished:
+                    raise TamperedArtifact("truncated artifact: the final chunk is missing")
+                if length > MAX_SIG:
+                    raise TamperedArtifact("signature frame out of bounds")
+                signature = _read_exact(stream, length, "signature")
+                break
+            if finished or kind not in (DATA, FINAL):
+                raise TamperedArtifact(f"unexpected frame type {kind} after chunk {index}")
+            last = kind == FINAL
+            expected = (header.plaintext_size - offset) if last else header.chunk_size
+            if not last and offset + expected >= header.plaintext_size:
+                raise TamperedArtifact(f"chunk {index} goes past the announced size")
+            if length != expected + TAG or expected <= 0 or expected > header.chunk_size:
+                raise TamperedArtifact(f"chunk {index} has a wrong length")
+            payload = _read_exact(stream, length, f"chunk {index}")
+            digest.update(FRAME.pack(kind, length))
+            digest.update(payload)
+            if aead is not None and view is not None and chunk_error is None:
+                try:
+                    aead.decrypt_into(_nonce(index, last), payload, aad, view[offset : offset + expected])
+                except InvalidTag:
+                    chunk_error = f"chunk {index} failed authentication"
+            offset += expected
+            index += 1
+            finished = last
+        if stream.read(1):
+            raise TamperedArtifact("unexpected bytes after the signature")
+    finally:
+        if view is not None:
+            view.release()
+    return out, signature, chunk_error
 
 
 def _unwrap(header: Header, identities: Sequence[Identity]) -> tuple[bytes | None, Exception | None]:

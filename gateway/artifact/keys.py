@@ -93,10 +93,13 @@ def _pem(label: str, data: bytes) -> bytes:
     )
 
 
-def _unpem(label: str, text: bytes) -> bytes:
+def _unpem(label: str, text: bytes, path: Path) -> bytes:
     begin, end = f"-----BEGIN {label}-----".encode(), f"-----END {label}-----".encode()
-    start, stop = text.index(begin) + len(begin), text.index(end)
-    return base64.b64decode(b"".join(text[start:stop].split()), validate=True)
+    try:
+        start, stop = text.index(begin) + len(begin), text.index(end)
+        return base64.b64decode(b"".join(text[start:stop].split()), validate=True)
+    except ValueError:  # a marker missing, or the body not base64
+        raise ConfigError(f"{path}: malformed {label.lower()}") from None
 
 
 def recipient_public_pem(key: RecipientKey) -> bytes:
@@ -128,7 +131,7 @@ def load_identity(path: Path) -> Identity:
     """Read a recipient private key (X25519 PKCS#8 PEM, or the hybrid block)."""
     data = _read(path)
     if HYBRID_PRIVATE_LABEL.encode() in data:
-        raw = _unpem(HYBRID_PRIVATE_LABEL, data)
+        raw = _unpem(HYBRID_PRIVATE_LABEL, data, path)
         if len(raw) != 96:
             raise ConfigError(f"{path}: malformed hybrid private key")
         return _hybrid_identity(
@@ -147,7 +150,7 @@ def load_recipient(path: Path) -> RecipientKey:
     """Read a recipient public key (X25519 SubjectPublicKeyInfo PEM, or the hybrid block)."""
     data = _read(path)
     if HYBRID_PUBLIC_LABEL.encode() in data:
-        raw = _unpem(HYBRID_PUBLIC_LABEL, data)
+        raw = _unpem(HYBRID_PUBLIC_LABEL, data, path)
         if len(raw) != 1184 + 32:
             raise ConfigError(f"{path}: malformed hybrid public key")
         mpub = mlkem.MLKEM768PublicKey.from_public_bytes(raw[:1184])

@@ -6,9 +6,12 @@ This is the API every other part uses: the CLI's seal/unseal, the repository and
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
+import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,11 +24,13 @@ from gateway.artifact import container, envelope, signing
 from gateway.artifact.container import DEFAULT_LIMITS, Limits, SourceFile
 from gateway.artifact.envelope import Header
 from gateway.artifact.keys import Identity, RecipientKey, signer_key_id
-from gateway.errors import ArtifactError, MetadataMismatch, SignatureError, UntrustedSigner
+from gateway.errors import ArtifactError, MetadataMismatch, SignatureError, UnsafeArchive, UntrustedSigner
 from gateway.fsutil import atomic_write
 
 PROVENANCE = "provenance.json"
 SIGNATURE = signing.SIGNATURE_NAME
+OVERLAP_MIN_BYTES = 8 << 20  # below this, copying then verifying beats starting a thread
+OVERLAP_HEAD_START_S = 0.005
 
 
 def now_rfc3339() -> str:
@@ -101,9 +106,8 @@ def seal(
         given = src.get(PROVENANCE)
     else:
         files = container.collect(Path(src), limits, skip=skip)
-        p = Path(src) / PROVENANCE
-        given = p.read_bytes() if Path(src).is_dir() and p.is_file() else None
-    base: dict[str, Any] = json.loads(given) if given else {}
+        given = _provenance_in(Path(src))
+    base = _provenance_doc(given) if given else {}
     if provenance:
         base.update(provenance)
     created = now_rfc3339()
@@ -135,6 +139,30 @@ def seal(
         yield from stream
 
     return header, chained()
+
+
+def _provenance_in(src: Path) -> bytes | None:
+    """The provenance.json a model folder already holds, if any; a link or other non-file is refused."""
+    if not src.is_dir():
+        return None
+    try:
+        st = os.lstat(src / PROVENANCE)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeArchive(f"refusing to seal {PROVENANCE}: not a regular file (link, device, socket or fifo)")
+    return (src / PROVENANCE).read_bytes()
+
+
+def _provenance_doc(data: bytes) -> dict[str, Any]:
+    """Parse a given provenance record; it must be a JSON object."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ArtifactError(f"{PROVENANCE} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{PROVENANCE} must hold a JSON object")
+    return doc
 
 
 def seal_to_file(src: Path | Mapping[str, bytes], out: Path, **kwargs: Any) -> Header:
@@ -174,18 +202,18 @@ def open_artifact(
 def _open(stream: BinaryIO, identities: Sequence[Identity], trust: TrustStore, limits: Limits) -> OpenedArtifact:
     max_plain = limits.max_total_bytes + limits.max_manifest_bytes + 4
     header, plaintext = envelope.open_stream(stream, identities, trust.keys, max_plain)
-    files = container.unpack(plaintext, limits)
+    views = container.unpack_views(plaintext, limits)
     del plaintext
-    sig = files.get(SIGNATURE)
+    sig = views.get(SIGNATURE)
     if sig is None:
         raise SignatureError("the sealed model carries no OMS signature (model.sig)")
-    signed = {n: b for n, b in files.items() if n != SIGNATURE}
-    key = signing.verify_files(signed, sig, list(trust.keys.values()))
+    files, key = _copy_and_verify(views, bytes(sig), list(trust.keys.values()))
+    del views
     if signer_key_id(key) != header.signer_key_id:
         raise UntrustedSigner("the model's OMS signature and the envelope were made by different keys")
     try:
         prov = json.loads(files[PROVENANCE])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise MetadataMismatch("the sealed model has no readable provenance.json") from None
     if not isinstance(prov, dict):
         raise MetadataMismatch("the sealed model's provenance.json is not an object")
@@ -197,9 +225,31 @@ def _open(stream: BinaryIO, identities: Sequence[Identity], trust: TrustStore, l
     return OpenedArtifact(header, files, prov, header.signer_key_id)
 
 
+def _copy_and_verify(
+    views: Mapping[str, memoryview], sig: bytes, trusted: list[ec.EllipticCurvePublicKey]
+) -> tuple[dict[str, bytes], ec.EllipticCurvePublicKey]:
+    """Copy the files out of the plaintext buffer and OMS-verify them; both at once for large models.
+
+    hashlib releases the GIL while hashing, a copy does not: the verifier gets a short head start to
+    reach its hashing before the copies begin (without it the two run one after the other; the result
+    is the same either way). Nothing is returned unless the verification passed.
+    """
+    signed = {n: v for n, v in views.items() if n != SIGNATURE}
+    if sum(v.nbytes for v in views.values()) < OVERLAP_MIN_BYTES:
+        key = signing.verify_files(signed, sig, trusted)  # type: ignore[arg-type]  # views are buffers
+        return {n: bytes(v) for n, v in views.items()}, key
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealgate-oms") as pool:
+        verified = pool.submit(signing.verify_files, signed, sig, trusted)
+        concurrent.futures.wait([verified], timeout=OVERLAP_HEAD_START_S)
+        if verified.done():
+            verified.result()  # failed fast (or tiny): raise before copying anything
+        files = {n: bytes(v) for n, v in views.items()}
+        return files, verified.result()
+
+
 def inspect(source: Path | bytes | BinaryIO) -> Header:
     """Read the header of a sealed artifact with no key at all."""
-    if isinstance(source, bytes | bytearray):
+    if isinstance(source, bytes | bytearray | memoryview):
         return envelope.read_header(io.BytesIO(source))[0]
     if isinstance(source, Path | str):
         with open(source, "rb") as fh:
@@ -215,7 +265,7 @@ def write_model_dir(opened: OpenedArtifact, out: Path) -> list[Path]:
         container.check_path(name)
         target = out / name
         if out.resolve() not in target.resolve().parents:
-            raise ArtifactError(f"refusing to write outside {out}: {name}")
+            raise UnsafeArchive(f"refusing to write outside {out}: {name}")
         atomic_write(target, data, 0o600, force=True)
         written.append(target)
     return written
