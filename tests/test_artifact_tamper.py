@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import blake3
 import pytest
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -101,7 +102,7 @@ def layout(blob: bytes, signer_key_id: str) -> tuple[list[Region], list[bytes], 
         regions.append(Region(f"wrapped {recipient.kem}", hstart + at, hstart + at + len(b64)))
         at = header.index(recipient.key_id.encode())
         regions.append(Region(f"key id {recipient.kem}", hstart + at, hstart + at + len(recipient.key_id)))
-    at = header.index(b'"signer":{"alg":"ECDSA-P256-SHA256","key_id":"') + len(b'"signer":{"alg":"ECDSA-P256-SHA256"')
+    at = header.index(b'"signer":{"alg":"ECDSA-P256-BLAKE3","key_id":"') + len(b'"signer":{"alg":"ECDSA-P256-BLAKE3"')
     signer_span = (hstart + at, hstart + at + len(f',"key_id":"{signer_key_id}"'))
     regions.append(Region("signer key id", *signer_span))
     frames: list[bytes] = []
@@ -457,7 +458,7 @@ def forge(
         "framework": "onnx",
         "name": "forged",
         "plaintext_size": announced if announced is not None else len(plaintext),
-        "signer": {"alg": "ECDSA-P256-SHA256", "key_id": hashlib.sha256(spki).hexdigest()[:16]},
+        "signer": {"alg": "ECDSA-P256-BLAKE3", "key_id": hashlib.sha256(spki).hexdigest()[:16]},
         "version": 1,
     }
     dek = AESGCM.generate_key(bit_length=256)
@@ -479,7 +480,7 @@ def forge(
         nonce = index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
         sealed = AESGCM(dek).encrypt(nonce, piece, aad)
         out += struct.pack(">BI", 2 if last else 1, len(sealed)) + sealed
-    signature = signer.sign(hashlib.sha256(out).digest(), ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    signature = signer.sign(blake3.blake3(out).digest(), ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     return out + struct.pack(">BI", 3, len(signature)) + signature
 
 

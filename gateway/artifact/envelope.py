@@ -6,7 +6,7 @@ Layout (docs/ARTIFACT.md is the reference):
     frame*  where frame = u8 type | u32 length | payload
         DATA  (1) : AES-256-GCM(chunk i), nonce = i as 11 bytes big-endian || 0x00
         FINAL (2) : the last chunk, nonce = i || 0x01
-        SIG   (3) : ECDSA P-256 / SHA-256 over every byte before this frame
+        SIG   (3) : ECDSA P-256 over the BLAKE3-256 digest of every byte before this frame
     end of file
 
 Every chunk's associated data is the SHA-256 of magic..header, so the header is bound to each chunk; the
@@ -30,8 +30,9 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -54,7 +55,15 @@ MAX_SIG = 256
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 HASH_THREAD_MIN = 8 << 20  # below this, hashing inline beats starting a thread
 AEAD_NAME = "AES-256-GCM"
-SIG_ALG = "ECDSA-P256-SHA256"
+SIG_ALG = "ECDSA-P256-BLAKE3"
+
+
+def envelope_digest(first: bytes = b"") -> Any:
+    """The hash the signature covers: BLAKE3-256, ~3.5x the speed of SHA-256 here (SHA-NI), so that
+    authenticating the ciphertext costs little beside the SHA-256 pass OMS needs over the plaintext."""
+    return blake3.blake3(first)
+
+
 _SUITES = {
     KEM_X25519: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
     KEM_HYBRID: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
@@ -165,7 +174,7 @@ def seal_stream(
     header_json = header.to_json()
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_json)) + header_json
     aad = hashlib.sha256(prefix).digest()
-    digest = hashlib.sha256(prefix)
+    digest = envelope_digest(prefix)
     yield prefix
     aead = AESGCM(dek)
     index, sent = 0, 0
@@ -268,14 +277,14 @@ def _parse_header(data: bytes) -> Header:
 
 
 class _Hasher:
-    """SHA-256 over pieces fed in order; for large artifacts a worker thread does the hashing.
+    """The envelope digest over pieces fed in order; for large artifacts a worker thread does the hashing.
 
-    hashlib and AES-GCM both release the GIL on large buffers, so hashing the ciphertext in a thread
+    blake3 and AES-GCM both release the GIL on large buffers, so hashing the ciphertext in a thread
     overlaps reading and decrypting it. The queue is bounded: a few chunks are in flight at most.
     """
 
     def __init__(self, first: bytes, threaded: bool) -> None:
-        self._digest = hashlib.sha256(first)
+        self._digest = envelope_digest(first)
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self._thread = threading.Thread(target=self._run, name="sealgate-hash", daemon=True) if threaded else None
         if self._thread is not None:
