@@ -337,6 +337,68 @@ def rollback(
     out.print(f"{resp.name}: now serving v{resp.version} (was v{resp.previous_version})", highlight=False)
 
 
+# --- release path ----------------------------------------------------------------------------------
+def _register_release() -> None:
+    from gateway.release.commands import register
+
+    register(app)
+
+
+_register_release()
+
+
+@app.command("release")
+def release_cmd(
+    candidate: Annotated[Path, typer.Argument(help="Candidate model folder (model.onnx + extras) or .onnx file.")],
+    name: Annotated[str, typer.Option(help="Model name.")],
+    version: Annotated[int, typer.Option(help="New version (above every version the gateway has seen).")],
+    data: Annotated[Path, typer.Option(help="Held-out data (.npz with arrays x and y) for the gates.")],
+    key: Annotated[Path, typer.Option(help="Signer's ECDSA P-256 private key.")],
+    recipient: Annotated[list[Path], typer.Option(help="Recipient public key (repeatable).")],
+    baseline: Annotated[Path | None, typer.Option(help="The current release's ONNX, to compare against.")] = None,
+    provenance: Annotated[Path | None, typer.Option(help="JSON provenance (privacy, training) to record.")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Largest allowed accuracy drop, points.")] = 1.0,
+    max_latency_ratio: Annotated[float, typer.Option(help="Largest allowed p50 latency ratio.")] = 1.2,
+    max_epsilon: Annotated[float, typer.Option(help="Largest allowed ε in provenance.")] = 8.0,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Where to keep the sealed file.")] = None,
+    address: Address = "127.0.0.1:8500",
+    dir: CertsDir = Path("certs"),
+    token: Token = None,
+    cert: Cert = None,
+) -> None:
+    """Gates passed → seal → push, in one step; refuses (nothing sealed or pushed) on any failed gate."""
+    from gateway.artifact.keys import load_recipient, load_signer
+    from gateway.release.commands import load_xy
+    from gateway.release.gates import GateConfig, check
+    from gateway.release.publish import release
+
+    files = {candidate.name: candidate.read_bytes()} if candidate.is_file() else None
+    onnx_bytes = candidate.read_bytes() if candidate.is_file() else (candidate / "model.onnx").read_bytes()
+    x, y = load_xy(data)
+    prov = _read_json(provenance) if provenance else {}
+    gates = GateConfig(
+        max_accuracy_drop=max_accuracy_drop, max_latency_ratio=max_latency_ratio, max_epsilon=max_epsilon
+    )
+    report = check(onnx_bytes, baseline.read_bytes() if baseline else None, x, y, gates, prov)
+    out.print(report.table())
+    client = _client(address, dir, token, cert)
+    bar, update = _progress(f"push {name} v{version}")
+    with client, bar:  # type: ignore[attr-defined]
+        resp = release(
+            files or candidate,
+            name=name,
+            version=version,
+            report=report,
+            provenance=prov,
+            signer=load_signer(key),
+            recipients=[load_recipient(r) for r in recipient],
+            client=client,
+            out=out_file or Path(f"{name}-{version}.sealed"),
+            progress=update,
+        )
+    out.print(f"released {resp.name} v{resp.version}: all gates passed, sealed and pushed", highlight=False)
+
+
 # --- federated -------------------------------------------------------------------------------------
 def _register_fl() -> None:
     """Attach `sealgate fl`: the real sub-app (torch, Flower) only when it is invoked, so other commands

@@ -50,12 +50,10 @@ def _provenance(doc: dict[str, Any] | None) -> pb.Provenance | None:
         if isinstance(privacy.get("delta"), int | float):
             p.delta = float(privacy["delta"])
     gates = doc.get("gates")
-    if isinstance(gates, dict):
-        passed = gates.get("passed")
-        if isinstance(passed, list):
-            p.gates.extend(str(g) for g in passed)
-        else:
-            p.gates.extend(str(k) for k, v in gates.items() if v is True or (isinstance(v, dict) and v.get("passed")))
+    if isinstance(gates, dict) and isinstance(gates.get("gates"), list):  # a GateReport.to_dict()
+        p.gates.extend(
+            str(g.get("name")) for g in gates["gates"] if isinstance(g, dict) and g.get("status") == "passed"
+        )
     elif isinstance(gates, list):
         p.gates.extend(str(g) for g in gates)
     return p

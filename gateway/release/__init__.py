@@ -1,0 +1,1 @@
+"""The release path: convert to ONNX, optimize (prune, quantize), verify with gates, and report."""
