@@ -5,6 +5,7 @@ version policies and the errors `get` raises."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -199,6 +200,7 @@ def test_tampered_and_untrusted_versions_are_refused_while_the_old_keeps_serving
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="sealgate.serving")
     place(root, 1, artifacts[1])
     manager.poll()
     before = run(manager.get(NAME))
