@@ -1,0 +1,121 @@
+"""Flower ClientApp: local DP-SGD on this node's private partition, whole-run ε kept in `Context.state`.
+
+Handles three message types: `train` (fine-tune the received weights, reply with weights and ε), `evaluate`
+(loss/accuracy of the received weights on local data) and `query` (ε now and after one more round, so the
+server can stop before a round that would exceed the budget). Only clipped, noised updates leave the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl import client_state
+from fl.accounting import epsilon_from_history
+from fl.data import client_data
+from fl.dp_train import Plan, check_secure_mode, make_plan, predicted_epsilon, train_local
+from fl.settings import FlSettings
+from fl.tasks import evaluate, get_task, load_into
+from gateway.errors import ConfigError
+
+Mod = Callable[..., Message]
+
+
+def _settings(bound: FlSettings | None, context: Context) -> FlSettings:
+    """Settings bound in-process, else read from the run config (`flwr run`)."""
+    return bound if bound is not None else FlSettings.from_run_config(dict(context.run_config))
+
+
+def _local_data(settings: FlSettings, context: Context) -> tuple:
+    """This node's rows, chosen by its node config partition-id / num-partitions."""
+    try:
+        pid = int(context.node_config["partition-id"])
+        num = int(context.node_config["num-partitions"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError("node config needs integer partition-id and num-partitions") from None
+    return client_data(settings.task, settings.seed, pid, num, settings.dirichlet_alpha, settings.public_size)
+
+
+def _plan(settings: FlSettings, context: Context, num_examples: int) -> Plan:
+    """The run's fixed DP plan: computed on first use, then read back from the context."""
+    plan = client_state.load_plan(context)
+    if plan is None:
+        plan = make_plan(num_examples, settings)
+        client_state.save(context, plan, [])
+    return plan
+
+
+def _model(settings: FlSettings, arrays: ArrayRecord) -> torch.nn.Module:
+    """A fresh task model holding the received global weights."""
+    return load_into(get_task(settings.task).model_cls(), arrays.to_torch_state_dict(), "received weights")
+
+
+def _privacy_metrics(
+    settings: FlSettings, context: Context, plan: Plan, history: list, num_examples: int
+) -> dict[str, float | int]:
+    """ε so far and after one more round, with the parameters that determine them."""
+    metrics: dict[str, float | int] = {
+        "partition-id": int(context.node_config.get("partition-id", -1)),
+        "num-examples": num_examples,
+        "noise-multiplier": plan.noise_multiplier,
+        "sample-rate": plan.sample_rate,
+        "steps-per-round": plan.steps_per_round,
+        "steps": sum(n for _, _, n in history),
+    }
+    if settings.dp:
+        metrics["epsilon"] = epsilon_from_history(history, settings.delta)
+        metrics["epsilon-next"] = predicted_epsilon(history, plan, settings.delta)
+    return metrics
+
+
+def make_client_app(settings: FlSettings | None = None, mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp bound to `settings` (None: read the run config), with optional Flower mods."""
+    app = ClientApp(mods=list(mods))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """Fine-tune the received model with DP-SGD; reply with the weights, ε and the example count."""
+        torch.set_num_threads(1)
+        cfg = _settings(settings, context)
+        x, y = _local_data(cfg, context)
+        plan = _plan(cfg, context, len(y))
+        history = client_state.load_history(context)
+        budget = cfg.budget
+        if budget is not None and predicted_epsilon(history, plan, cfg.delta) > budget * (1 + 1e-9):
+            raise ConfigError(f"privacy budget: another round would exceed ε={budget}; not training")
+        result = train_local(_model(cfg, msg.content["arrays"]), x, y, cfg, plan, history)
+        client_state.save(context, plan, result.history)
+        metrics = _privacy_metrics(cfg, context, plan, result.history, len(y))
+        metrics["unit-weight"] = 1  # the training loss stays here: it is not covered by the DP guarantee
+        if cfg.dp:
+            metrics["epsilon"] = result.epsilon  # the Opacus accountant's own figure
+        content = RecordDict({"arrays": ArrayRecord(result.state_dict), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_local(msg: Message, context: Context) -> Message:
+        """Loss and accuracy of the received model on this node's data (off by default: not DP-accounted)."""
+        torch.set_num_threads(1)
+        cfg = _settings(settings, context)
+        x, y = _local_data(cfg, context)
+        loss, acc = evaluate(_model(cfg, msg.content["arrays"]), x, y)
+        content = RecordDict({"metrics": MetricRecord({"eval-loss": loss, "eval-acc": acc, "num-examples": len(y)})})
+        return Message(content=content, reply_to=msg)
+
+    @app.query()
+    def privacy_preview(msg: Message, context: Context) -> Message:
+        """ε spent so far and ε after one more round, computed from this node's accountant history."""
+        cfg = _settings(settings, context)
+        check_secure_mode(cfg)
+        _, y = _local_data(cfg, context)
+        plan = _plan(cfg, context, len(y))
+        metrics = _privacy_metrics(cfg, context, plan, client_state.load_history(context), len(y))
+        return Message(content=RecordDict({"privacy": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

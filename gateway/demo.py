@@ -1,0 +1,365 @@
+"""`sealgate demo`: the whole story in one command, offline, in one folder it names.
+
+init PKI → train a baseline digits model on the owner's public split → seal v1 → start the gateway → infer
+with tritonclient over mTLS + JWT → fetch the release as the federated server and fine-tune it with DP on
+private clients (Flower simulation + Opacus) → prune, fine-tune, quantize → gates → seal v2 → push → the
+gateway swaps → infer on v2 → a final table whose numbers all come from the gateway's own answers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from gateway.errors import ConfigError
+
+MARKER = ".sealgate-demo"
+TASK = "digits"
+MODEL = "digits"
+SEED = 0
+PUBLIC_ROWS = 300  # the model owner's own (public) data; everything else stays on the clients
+
+console = Console(stderr=True)
+
+
+@dataclass
+class VersionRow:
+    """One line of the final table."""
+
+    version: int
+    accuracy: float
+    epsilon: float | None
+    size_bytes: int
+    p50_ms: float
+    gates: str
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured, also written to <dir>/demo-summary.json."""
+
+    workdir: str
+    rows: list[VersionRow] = field(default_factory=list)
+    heldout_rows: int = 0
+    fl_rounds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _step(n: int, text: str) -> None:
+    console.print(f"[bold cyan][{n}/9][/bold cyan] {text}")
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """Create (or clean, if it is an earlier demo folder) the demo folder; refuse to clobber anything else."""
+    workdir = workdir.absolute()
+    if workdir.exists():
+        if not (workdir / MARKER).exists():
+            if any(workdir.iterdir()):
+                raise ConfigError(f"{workdir} exists and is not a sealgate demo folder; choose another --dir")
+        else:
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by `sealgate demo`; safe to delete\n")
+    return workdir
+
+
+def _write_config(workdir: Path, grpc_port: int, rest_port: int) -> Path:
+    path = workdir / "sealgate.toml"
+    path.write_text(
+        f"""# written by `sealgate demo`
+[server]
+grpc_address = "127.0.0.1:{grpc_port}"
+rest_address = "127.0.0.1:{rest_port}"
+
+[repository]
+path = "models"
+poll_interval_s = 0.5
+
+[audit]
+path = "audit.log"
+"""
+    )
+    return path
+
+
+def gateway_accuracy(client: Any, headers: dict[str, str], x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+    """Held-out accuracy computed from the gateway's answers (one batched call), and the version that answered."""
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x.astype(np.float32))
+    result = client.infer(MODEL, [inp], headers=headers)
+    logits = result.as_numpy("output")
+    return float((logits.argmax(axis=1) == y).mean()), result.get_response().model_version
+
+
+def gateway_p50_ms(client: Any, headers: dict[str, str], x: np.ndarray, calls: int = 200) -> float:
+    """Median latency of batch-1 calls through the gateway (mTLS + JWT + audit + metrics)."""
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput("input", [1, x.shape[1]], "FP32")
+    times = []
+    for i in range(calls):
+        inp.set_data_from_numpy(x[i % len(x) : i % len(x) + 1].astype(np.float32))
+        t0 = time.perf_counter()
+        client.infer(MODEL, [inp], headers=headers)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def run_demo(
+    workdir: Path = Path("sealgate-demo"),
+    clients: int = 5,
+    rounds: int = 3,
+    epsilon: float = 3.0,
+    sparsity: float = 0.5,
+) -> DemoResult:
+    """Run the whole story; returns (and writes) the measured table."""
+    import tritonclient.grpc as grpcclient
+
+    from fl.data import heldout_data, public_data
+    from fl.runner import run_federated
+    from fl.tasks import DigitsMLP, evaluate, export_onnx, load_weights, save_weights, train_centralized
+    from gateway.artifact.keys import generate_identity_files, load_identity, load_recipient, load_signer, load_trusted
+    from gateway.artifact.sealed import TrustStore, open_artifact, seal_to_file
+    from gateway.auth import pki
+    from gateway.auth.tokens import mint_token
+    from gateway.config import load_config
+    from gateway.release.client import GatewayTarget, ReleaseClient
+    from gateway.release.gates import GateConfig, check
+    from gateway.release.optimize import OptimizeOptions, optimize
+    from gateway.release.publish import release
+    from gateway.server.app import GatewayThread
+
+    _quiet_third_party()
+    started = time.time()
+    workdir = prepare_workdir(workdir)
+    result = DemoResult(str(workdir))
+    certs, models = workdir / "certs", workdir / "models"
+
+    _step(1, f"dev PKI and keys into {certs}")
+    pki.write_dev_pki(certs)
+    pki.write_signing_keys(certs)
+    pki.write_recipient_keys(certs)
+    pki.write_jwt_issuer(certs)
+    generate_identity_files(certs / "fl-server.key", certs / "fl-server.pub", "X25519")
+    recipients = [load_recipient(certs / "gateway.pub"), load_recipient(certs / "fl-server.pub")]
+    signer = load_signer(certs / "signing.key")
+
+    _step(2, f"train a baseline on the owner's public split ({PUBLIC_ROWS} rows of scikit-learn digits)")
+    x_pub, y_pub = public_data(TASK, SEED, PUBLIC_ROWS)
+    x_te, y_te = heldout_data(TASK, SEED)
+    result.heldout_rows = len(y_te)
+    import torch
+
+    torch.manual_seed(SEED)
+    baseline = train_centralized(DigitsMLP(), x_pub, y_pub, epochs=30, lr=0.05, batch_size=32, seed=SEED)
+    _, base_acc_local = evaluate(baseline, x_te, y_te)
+    v1_dir = workdir / "v1"
+    v1_dir.mkdir()
+    v1_onnx = export_onnx(baseline.state_dict(), DigitsMLP, v1_dir / "model.onnx", 64)
+    (v1_dir / "weights.safetensors").write_bytes(save_weights(baseline.state_dict()))
+    seal_to_file(
+        v1_dir,
+        models / MODEL / "1.sealed",
+        name=MODEL,
+        version=1,
+        signer=signer,
+        recipients=recipients,
+        provenance={
+            "metrics": {"accuracy": base_acc_local},
+            "training": {"rows": PUBLIC_ROWS, "mechanism": "central, public split, no DP"},
+        },
+    )
+    console.print(f"    sealed v1 (local held-out accuracy {base_acc_local:.3f}) -> models/{MODEL}/1.sealed")
+
+    _step(3, "start the gateway (mTLS + JWT, gRPC + REST) on loopback")
+    config = load_config(_write_config(workdir, _free_port(), _free_port()))
+    tok = mint_token(certs / "jwt-issuer.key", certs / "jwks.json", "demo-app", [f"infer:{MODEL}"], ttl=3600)
+    headers = {"authorization": f"Bearer {tok}"}
+    with GatewayThread(config) as gw:
+        console.print(f"    gRPC 127.0.0.1:{gw.grpc_port}, REST 127.0.0.1:{gw.rest_port}")
+        client = grpcclient.InferenceServerClient(
+            f"127.0.0.1:{gw.grpc_port}",
+            ssl=True,
+            root_certificates=str(certs / "ca.pem"),
+            private_key=str(certs / "client.key"),
+            certificate_chain=str(certs / "client.pem"),
+        )
+        _wait_version(client, headers, x_te, "1")
+
+        _step(4, "infer with stock tritonclient over mTLS + JWT")
+        acc1, version = gateway_accuracy(client, headers, x_te, y_te)
+        p50_1 = gateway_p50_ms(client, headers, x_te)
+        console.print(f"    v{version}: accuracy {acc1:.4f} on {len(y_te)} held-out rows, p50 {p50_1:.2f} ms")
+
+        target = GatewayTarget(
+            f"127.0.0.1:{gw.grpc_port}",
+            certs / "ca.pem",
+            certs / "client.pem",
+            certs / "client.key",
+            mint_token(
+                certs / "jwt-issuer.key",
+                certs / "jwks.json",
+                "release-bot",
+                [f"fetch:{MODEL}", f"release:{MODEL}"],
+                ttl=3600,
+            ),
+        )
+        _step(5, f"federated fine-tuning with DP: {clients} clients, {rounds} rounds, ε = {epsilon}")
+        with ReleaseClient(target) as rc:
+            rc.fetch(MODEL, workdir / "fetched-v1.sealed")
+        opened = open_artifact(
+            workdir / "fetched-v1.sealed",
+            [load_identity(certs / "fl-server.key")],
+            TrustStore.of([load_trusted(certs / "signing.pub")]),
+        )
+        start = opened.files["weights.safetensors"]
+        load_weights(start)
+        fl = run_federated(
+            TASK,
+            clients=clients,
+            rounds=rounds,
+            epsilon=epsilon,
+            delta=1e-5,
+            alpha=0.5,
+            start_weights=start,
+            out_dir=workdir / "fl",
+            show_progress=True,
+            public_size=PUBLIC_ROWS,
+            lr=0.1,
+            batch_size=32,
+            max_grad_norm=1.0,
+            seed=SEED,
+        )
+        result.fl_rounds = [asdict(r) for r in fl.rows]
+        privacy = fl.privacy
+        console.print(f"    ε spent {privacy.get('epsilon', float('nan')):.3f} (δ = {privacy.get('delta')})")
+
+        _step(6, f"prune ({sparsity:.0%} global magnitude) + fine-tune on the public split + int8 quantization")
+        fl_onnx = fl.onnx_path.read_bytes()
+        opt = optimize(
+            fl_onnx,
+            OptimizeOptions(
+                sparsity=sparsity,
+                finetune_data=(x_pub, y_pub),
+                finetune_epochs=5,
+                finetune_lr=0.01,
+                quantize="dynamic",
+                seed=SEED,
+            ),
+        )
+        v2_files = {"model.onnx": opt.onnx, "weights.safetensors": save_weights(fl.state_dict)}
+
+        _step(7, "verification gates against the serving release")
+        provenance = {
+            "parent_version": 1,
+            "privacy": privacy,
+            "optimization": opt.record,
+            "federated": {"rounds": len(fl.rows), "clients": clients},
+        }
+        gates = GateConfig(
+            max_accuracy_drop=3.0, max_latency_ratio=2.0, max_epsilon=8.0, require_privacy=True, latency_calls=500
+        )
+        report = check(opt.onnx, v1_onnx, x_te, y_te, gates, provenance)
+        console.print(report.table())
+
+        _step(8, "seal v2 and push; the gateway verifies, smoke-tests and swaps")
+        provenance["metrics"] = {"accuracy": report.facts["accuracy_percent"] / 100.0}
+        with ReleaseClient(target) as rc:
+            release(
+                v2_files,
+                name=MODEL,
+                version=2,
+                report=report,
+                provenance=provenance,
+                signer=signer,
+                recipients=recipients,
+                client=rc,
+                out=workdir / "v2.sealed",
+            )
+        _wait_version(client, headers, x_te, "2")
+        acc2, version = gateway_accuracy(client, headers, x_te, y_te)
+        p50_2 = gateway_p50_ms(client, headers, x_te)
+        console.print(f"    v{version}: accuracy {acc2:.4f}, p50 {p50_2:.2f} ms")
+        client.close()
+        result.rows = [
+            VersionRow(1, acc1, None, len(v1_onnx), p50_1, "-"),
+            VersionRow(
+                2,
+                acc2,
+                float(privacy.get("epsilon", float("nan"))),
+                len(opt.onnx),
+                p50_2,
+                f"{sum(g.passed for g in report.gates)}/{len(report.gates)} passed",
+            ),
+        ]
+        _step(9, "stop the gateway (drain)")
+    result.seconds = time.time() - started
+    (workdir / "demo-summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    _print_table(result)
+    return result
+
+
+def _quiet_third_party() -> None:
+    """Keep the demo's output to its own story: Ray's and torch's advisories are not the user's concern."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("torch", "torch.onnx", "torch._dynamo", "onnxscript", "ray"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _wait_version(client: Any, headers: dict[str, str], x: np.ndarray, want: str, timeout: float = 30.0) -> None:
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput("input", [1, x.shape[1]], "FP32")
+    inp.set_data_from_numpy(x[:1].astype(np.float32))
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if client.infer(MODEL, [inp], headers=headers).get_response().model_version == want:
+                return
+        except Exception:
+            if time.time() > deadline:
+                raise
+        if time.time() > deadline:
+            raise TimeoutError(f"the gateway did not serve version {want} in {timeout} s")
+        time.sleep(0.1)
+
+
+def _print_table(result: DemoResult) -> None:
+    table = Table(
+        title=f"sealgate demo — {result.heldout_rows} held-out digits, all figures from the gateway",
+        title_justify="left",
+    )
+    for col in ("version", "accuracy", "ε (δ=1e-5)", "ONNX size", "p50 latency", "gates"):
+        table.add_column(col, justify="right" if col != "gates" else "left")
+    for r in result.rows:
+        eps = "-" if r.epsilon is None else f"{r.epsilon:.2f}"
+        table.add_row(
+            f"v{r.version}", f"{r.accuracy:.4f}", eps, f"{r.size_bytes / 1024:.1f} KiB", f"{r.p50_ms:.2f} ms", r.gates
+        )
+    Console().print(table)
+    Console().print(f"done in {result.seconds:.0f} s; files in {result.workdir} (runs again cleanly)")
