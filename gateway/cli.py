@@ -8,14 +8,20 @@ non-zero; no traceback reaches the user.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from pathlib import Path
-from typing import Annotated
 
-import typer
-from rich.console import Console
+# Native libraries log INFO lines from C++ (gRPC's fork handlers, TensorFlow's oneDNN notice) unless told
+# otherwise before they load; the CLI speaks for itself. Explicit user settings win.
+for _var, _value in (("GRPC_VERBOSITY", "ERROR"), ("GLOG_minloglevel", "2"), ("TF_CPP_MIN_LOG_LEVEL", "2")):
+    os.environ.setdefault(_var, _value)
+from pathlib import Path  # noqa: E402 (after the environment above)
+from typing import Annotated  # noqa: E402 (after the environment above)
 
-from gateway.errors import SealgateError
+import typer  # noqa: E402 (after the environment above)
+from rich.console import Console  # noqa: E402 (after the environment above)
+
+from gateway.errors import SealgateError  # noqa: E402 (after the environment above)
 
 app = typer.Typer(
     name="sealgate",
