@@ -25,14 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.server.ports import free_loopback_port  # noqa: E402
 from tests import harness  # noqa: E402
 from tests.models import make_onnx_mlp  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -92,7 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-"))
-    gw_port, rest_port, bare_port = free_port(), free_port(), free_port()
+    gw_port, rest_port, bare_port = free_loopback_port(), free_loopback_port(), free_loopback_port()
     env = harness.make_env(work, gw_port, rest_port)
     files = make_onnx_mlp(64, (256, 256), 1, seed=0)
     (work / "model.onnx").write_bytes(files["model.onnx"])

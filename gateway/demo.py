@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.errors import ConfigError
+from gateway.server.ports import free_loopback_port
 
 MARKER = ".sealgate-demo"
 TASK = "digits"
@@ -53,12 +53,6 @@ class DemoResult:
     heldout_rows: int = 0
     fl_rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _step(n: int, text: str) -> None:
@@ -190,7 +184,7 @@ def run_demo(
     console.print(f"    sealed v1 (local held-out accuracy {base_acc_local:.3f}) -> models/{MODEL}/1.sealed")
 
     _step(3, "start the gateway (mTLS + JWT, gRPC + REST) on loopback")
-    config = load_config(_write_config(workdir, _free_port(), _free_port()))
+    config = load_config(_write_config(workdir, free_loopback_port(), free_loopback_port()))
     tok = mint_token(certs / "jwt-issuer.key", certs / "jwks.json", "demo-app", [f"infer:{MODEL}"], ttl=3600)
     headers = {"authorization": f"Bearer {tok}"}
     with GatewayThread(config) as gw:

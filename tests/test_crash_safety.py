@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,17 +20,12 @@ import tritonclient.grpc as grpcclient
 from gateway.artifact.keys import load_identity, load_trusted
 from gateway.artifact.sealed import TrustStore, open_artifact
 from gateway.release.client import GatewayTarget, ReleaseClient
+from gateway.server.ports import free_loopback_port
 from tests import harness
 from tests.models import make_onnx_mlp
 
 ROUNDS = 20
 IN, HIDDEN = 128, (1024, 1024)  # ~5 MB sealed: a push long enough to be cut in the middle
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(env: harness.Env) -> subprocess.Popen[bytes]:
@@ -76,7 +70,7 @@ def _check_repository(env: harness.Env) -> list[int]:
 
 
 def test_sigkill_during_push_twenty_times(tmp_path: Path) -> None:
-    gport, rport = _free_port(), _free_port()
+    gport, rport = free_loopback_port(), free_loopback_port()
     env = harness.make_env(tmp_path, gport, rport)
     harness.seal_model(env, "big", 1, make_onnx_mlp(IN, HIDDEN, 1, seed=1))
     sealed = {

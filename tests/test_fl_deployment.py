@@ -21,16 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fl.settings import FlSettings
 from gateway.auth.pki import write_dev_pki
+from gateway.server.ports import free_loopback_port
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_node_key(path: Path) -> None:
@@ -148,7 +143,7 @@ def test_deployment_engine_tls_supernode_auth_and_a_node_lost_mid_run(cluster: C
     for i in range(4):
         _write_node_key(tmp_path / f"node{i}")
     assert (tmp_path / "node0").stat().st_mode & 0o777 == 0o600
-    port = _free_port()
+    port = free_loopback_port()
     (tmp_path / "flwr-home" / "config.toml").write_text(
         f'[superlink]\ndefault = "sealgate"\n\n[superlink.sealgate]\naddress = "127.0.0.1:{port}"\n'
         f'root-certificates = "{pki / "ca.pem"}"\n'
@@ -196,7 +191,7 @@ def test_deployment_engine_tls_supernode_auth_and_a_node_lost_mid_run(cluster: C
                 "--superlink",
                 f"127.0.0.1:{port}",
                 "--port",
-                str(_free_port()),
+                str(free_loopback_port()),
                 "--auth-supernode-private-key",
                 str(tmp_path / f"node{i}"),
                 "--node-config",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.server.app import GatewayThread
+from gateway.server.ports import free_loopback_port
 from tests import harness
 from tests.models import make_onnx_mlp, mlp_reference
 
@@ -159,15 +159,9 @@ def test_config_is_validated(tmp_path: Path) -> None:
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
-    gport = _free_port()
-    env = harness.make_env(tmp_path, gport, _free_port())
+    gport = free_loopback_port()
+    env = harness.make_env(tmp_path, gport, free_loopback_port())
     harness.seal_model(env, "m", 1, make_onnx_mlp(IN, (8,), 1, seed=1))
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(env.root / "sealgate.toml")],
