@@ -370,6 +370,8 @@ def _read_frames(
         out = mmap.mmap(-1, header.plaintext_size, flags=mmap.MAP_PRIVATE) if dek is not None else None
     except (OSError, MemoryError):
         raise UnsafeArchive(f"cannot reserve {header.plaintext_size} bytes for the plaintext") from None
+    if out is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+        out.madvise(mmap.MADV_HUGEPAGE)  # 2 MiB pages: ~500x fewer page faults while filling a large model
     view = memoryview(out) if out is not None else None
     aead = AESGCM(dek) if dek is not None else None
     chunk_error: str | None = None
