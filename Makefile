@@ -32,7 +32,10 @@ protos: $(STAMP)
 	$(BIN)/python -m gateway.protos.generate
 
 bench: $(STAMP)
-	$(BIN)/sealgate bench all
+	$(BIN)/sealgate bench seal
+	$(BIN)/sealgate bench serve
+	$(BIN)/sealgate bench optimize
+	$(BIN)/sealgate bench privacy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
