@@ -180,8 +180,6 @@ class ReleaseService(pb_grpc.ReleaseServicer):
                         continue
                     m = models.setdefault(st.name, pb.ModelStatus(name=st.name))
                     m.highest_version_seen = max(m.highest_version_seen, st.highest_seen)
-                    if st.state.name == "SERVING" and st.version > m.serving_version:
-                        m.serving_version = st.version
                     v = m.versions.add(
                         version=st.version,
                         state=pb.VersionStatus.State.Value(st.state.name),
@@ -193,21 +191,13 @@ class ReleaseService(pb_grpc.ReleaseServicer):
                     prov = _provenance(st.provenance)
                     if prov is not None:
                         v.provenance.CopyFrom(prov)
-                served = {name: self._default_version(name) for name in models}
-                for name, version in served.items():
-                    if version:
-                        models[name].serving_version = version
+                for name, model in models.items():
+                    model.serving_version = self.manager.default_version(name) or 0
                 return pb.ListResponse(models=[models[k] for k in sorted(models)])
         except Exception as err:
             exc = err
         await self._abort(context, exc)
         raise AssertionError("unreachable")
-
-    def _default_version(self, name: str) -> int:
-        try:
-            return self.manager.get(name).version
-        except SealgateError:
-            return 0
 
     # --- Rollback -------------------------------------------------------------------------------
     async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
