@@ -16,12 +16,18 @@ import sys
 for _var, _value in (("GRPC_VERBOSITY", "ERROR"), ("GLOG_minloglevel", "2"), ("TF_CPP_MIN_LOG_LEVEL", "2")):
     os.environ.setdefault(_var, _value)
 from pathlib import Path  # noqa: E402 (after the environment above)
-from typing import Annotated  # noqa: E402 (after the environment above)
+from typing import TYPE_CHECKING, Annotated  # noqa: E402 (after the environment above)
 
 import typer  # noqa: E402 (after the environment above)
 from rich.console import Console  # noqa: E402 (after the environment above)
 
 from gateway.errors import SealgateError  # noqa: E402 (after the environment above)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from gateway.release.client import Progress as ProgressFn
+    from gateway.release.client import ReleaseClient
 
 app = typer.Typer(
     name="sealgate",
@@ -222,7 +228,7 @@ def serve(
     raise typer.Exit(run(load_config(config)))
 
 
-def _client(address: str, dir: Path, token: str | None, cert: Path | None) -> object:
+def _client(address: str, dir: Path, token: str | None, cert: Path | None) -> ReleaseClient:
     from gateway.release.client import GatewayTarget, ReleaseClient, token_from_env
 
     target = GatewayTarget(
@@ -235,7 +241,7 @@ def _client(address: str, dir: Path, token: str | None, cert: Path | None) -> ob
     return ReleaseClient(target)
 
 
-def _progress(label: str) -> tuple[object, object]:
+def _progress(label: str) -> tuple[Progress, ProgressFn]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     bar = Progress(
@@ -264,8 +270,8 @@ def push(
     header = inspect(sealed)
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"push {header.name} v{header.version}")
-    with client, bar:  # type: ignore[attr-defined]
-        resp = client.push(sealed, header.name, header.version, progress=update)  # type: ignore[attr-defined]
+    with client, bar:
+        resp = client.push(sealed, header.name, header.version, progress=update)
     from gateway.protos.sealgate.v1 import release_pb2 as pb
 
     out.print(
@@ -287,8 +293,8 @@ def fetch(
     """Fetch a sealed artifact (scope fetch:<model>); open it offline with `sealgate unseal`."""
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"fetch {name}")
-    with client, bar:  # type: ignore[attr-defined]
-        meta = client.fetch(name, out_file, version, progress=update)  # type: ignore[attr-defined]
+    with client, bar:
+        meta = client.fetch(name, out_file, version, progress=update)
     out.print(
         f"fetched {meta.name} v{meta.version} ({meta.size} bytes, sha256 {meta.sha256[:16]}…) -> {out_file}",
         highlight=False,
@@ -308,7 +314,7 @@ def models(
 
     from gateway.protos.sealgate.v1 import release_pb2 as pb
 
-    with _client(address, dir, token, cert) as client:  # type: ignore[attr-defined]
+    with _client(address, dir, token, cert) as client:
         resp = client.list(name)
     table = Table("model", "version", "state", "pinned", "ε", "accuracy", "reason")
     for m in resp.models:
@@ -338,7 +344,7 @@ def rollback(
     cert: Cert = None,
 ) -> None:
     """Serve an earlier version again (scope release:<model> or admin); audited."""
-    with _client(address, dir, token, cert) as client:  # type: ignore[attr-defined]
+    with _client(address, dir, token, cert) as client:
         resp = client.rollback(name, version, reason)
     out.print(f"{resp.name}: now serving v{resp.version} (was v{resp.previous_version})", highlight=False)
 
@@ -389,7 +395,7 @@ def release_cmd(
     out.print(report.table())
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"push {name} v{version}")
-    with client, bar:  # type: ignore[attr-defined]
+    with client, bar:
         resp = release(
             files or candidate,
             name=name,

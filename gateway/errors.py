@@ -102,10 +102,17 @@ class Unauthenticated(SealgateError):
 
 
 class PermissionDenied(SealgateError):
-    """A valid token without the scope the call needs, or bound to another certificate."""
+    """A valid token without the scope the call needs, or bound to another certificate.
+
+    `reason` ("scope" or "binding") feeds metrics.
+    """
 
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
     http_status = 403
+
+    def __init__(self, message: str, reason: str = "scope") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # --- configuration / release ----------------------------------------------------------------------

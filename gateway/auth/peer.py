@@ -73,9 +73,9 @@ def check_binding(claims: Any, peer: PeerIdentity) -> None:
     if bound is None:
         return
     if peer.thumbprint is None:
-        raise PermissionDenied("token is bound to a client certificate, and none was presented")
+        raise PermissionDenied("token is bound to a client certificate, and none was presented", reason="binding")
     if not hmac.compare_digest(bound.encode("ascii", "replace"), peer.thumbprint.encode("ascii")):
-        raise PermissionDenied("token is bound to another client certificate")
+        raise PermissionDenied("token is bound to another client certificate", reason="binding")
 
 
 def _spiffe_id(cert: x509.Certificate) -> str | None:

@@ -38,6 +38,7 @@ from gateway.server.release import ReleaseService
 from gateway.server.rest import RestServer
 from gateway.serving.manager import ModelManager
 from gateway.serving.policy import VersionPolicy
+from gateway.serving.repository import Repository
 
 log = logging.getLogger("sealgate.server")
 HEALTH_SYNC_S = 0.5
@@ -51,8 +52,6 @@ def build_manager(config: Config) -> ModelManager:
         if repo_cfg.version_policy == "latest"
         else VersionPolicy.specific(repo_cfg.versions)
     )
-    from gateway.serving.repository import Repository
-
     return ModelManager(
         Repository(repo_cfg.path),
         [load_identity(p) for p in config.keys.identities],

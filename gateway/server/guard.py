@@ -59,8 +59,7 @@ class Guard:
             self.metrics.auth_failures.labels(exc.reason).inc()
             raise
         except PermissionDenied as exc:
-            reason = "binding" if "certificate" in str(exc) else "scope"
-            self.metrics.auth_failures.labels(reason).inc()
+            self.metrics.auth_failures.labels(exc.reason).inc()
             raise
         return call.principal
 
