@@ -23,8 +23,11 @@ from gateway.protos.inference import grpc_service_pb2_grpc as pb_grpc
 class Bare(pb_grpc.GRPCInferenceServiceServicer):
     """ModelInfer for one FP32 model: decode raw input, run, encode raw output."""
 
-    def __init__(self, model: bytes) -> None:
-        self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    def __init__(self, model: bytes, intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.output = self.session.get_outputs()[0].name
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -47,9 +50,10 @@ async def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--certs", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--intra-op-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     args = ap.parse_args()
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Bare(args.model.read_bytes()), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Bare(args.model.read_bytes(), args.intra_op_threads), server)
     creds = grpc.ssl_server_credentials(
         [((args.certs / "server.key").read_bytes(), (args.certs / "server.pem").read_bytes())],
         root_certificates=(args.certs / "ca.pem").read_bytes(),

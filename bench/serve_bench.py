@@ -85,6 +85,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime intra-op threads for both servers (0: ORT's default, a spinning pool per session)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-"))
     gw_port, rest_port, bare_port = free_loopback_port(), free_loopback_port(), free_loopback_port()
@@ -92,6 +98,8 @@ def main() -> None:
     files = make_onnx_mlp(64, (256, 256), 1, seed=0)
     (work / "model.onnx").write_bytes(files["model.onnx"])
     harness.seal_model(env, "mlp", 1, files)
+    with (work / "sealgate.toml").open("a") as fh:  # both servers get the same session options
+        fh.write(f"\n[backend]\nintra_op_threads = {args.intra_op_threads}\n")
     headers = {"authorization": "Bearer " + harness.token(env, "infer:mlp", ttl=3600)}
     py = sys.executable
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -112,6 +120,8 @@ def main() -> None:
             str(env.certs),
             "--model",
             str(work / "model.onnx"),
+            "--intra-op-threads",
+            str(args.intra_op_threads),
         ],
         env=environ,
         stdout=subprocess.DEVNULL,
@@ -123,7 +133,7 @@ def main() -> None:
         time.sleep(1.0)
         print(
             f"64-256-256-1 MLP, batch 1, {args.seconds:.0f} s per point, median of {args.repeats}; "
-            f"{os.cpu_count()} cores"
+            f"{os.cpu_count()} cores; ORT intra-op threads {args.intra_op_threads or 'default'}"
         )
         print(
             f"{'conc':>4} | {'bare rps':>9} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} "

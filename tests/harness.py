@@ -34,7 +34,10 @@ class Env:
     def audit(self) -> Path:
         return self.root / "audit.log"
 
-    def audit_lines(self) -> list[dict[str, Any]]:
+    def audit_lines(self, gateway: Any = None) -> list[dict[str, Any]]:
+        """The audit log's records; with an in-process `gateway`, after writing what its recorder holds."""
+        if gateway is not None:
+            gateway.recorder.flush()
         if not self.audit.exists():
             return []
         return [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]

@@ -347,6 +347,45 @@ def test_authorizer(certs: Path, verifier: TokenVerifier) -> None:
     assert info.value.reason == "missing"
 
 
+def test_authorizer_memo_is_keyed_on_certificate_model_and_keys(certs: Path, other_ca: Path, tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    shutil.copy(certs / "jwks.json", jwks)
+    v = TokenVerifier(jwks, pki.ISSUER, pki.AUDIENCE, reload_interval=0)
+    auth = Authorizer(v)
+    client_pem = (certs / "client.pem").read_bytes()
+    peer, edge = peer_from_cert(client_pem), peer_from_cert((certs / "client-edge.pem").read_bytes())
+    md = [("authorization", f"Bearer {_mint(certs, ['infer:ctr'], bind_cert=client_pem)}")]
+    first = auth.authorize(md, peer, "infer", "ctr")
+    for _ in range(3):
+        assert auth.authorize(md, peer, "infer", "ctr") is first
+    assert (v.stats.verifications, v.stats.hits) == (1, 0), "repeat grants come from the memo"
+    with pytest.raises(PermissionDenied) as denied:
+        auth.authorize(md, edge, "infer", "ctr")
+    assert denied.value.reason == "binding", "a grant over one certificate is not one over another"
+    with pytest.raises(PermissionDenied) as denied:
+        auth.authorize(md, peer, "infer", "other")
+    assert denied.value.reason == "scope"
+    staged = tmp_path / "jwks.new"
+    shutil.copy(other_ca / "jwks.json", staged)
+    os.replace(staged, jwks)
+    with pytest.raises(Unauthenticated) as info:
+        auth.authorize(md, peer, "infer", "ctr")
+    assert info.value.reason == "unknown_kid", "a key removed from the JWKS ends its memoized grants"
+
+
+def test_authorizer_memo_ends_at_expiry(certs: Path) -> None:
+    auth = Authorizer(TokenVerifier(certs / "jwks.json", pki.ISSUER, pki.AUDIENCE, leeway=0))
+    peer = peer_from_cert((certs / "client.pem").read_bytes())
+    token = _mint(certs, ttl=2)
+    md = {"authorization": f"Bearer {token}"}
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert auth.authorize(md, peer, "infer", "ctr").subject == "alice"
+    time.sleep(max(0.0, exp - time.time()) + 0.2)
+    with pytest.raises(Unauthenticated) as info:
+        auth.authorize(md, peer, "infer", "ctr")
+    assert info.value.reason == "expired"
+
+
 # --- cache and JWKS reload ------------------------------------------------------------------------
 def test_cache_hit_does_not_reverify(certs: Path, verifier: TokenVerifier) -> None:
     token = _mint(certs)

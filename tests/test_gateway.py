@@ -212,13 +212,13 @@ def test_token_refusals(env: harness.Env, gateway: Any, case: str) -> None:
     tok, expected = _refusals(env)[case]
     headers = {"authorization": f"Bearer {tok}"} if tok else {}
     before = [(s.name, s.version, s.state.name) for s in gateway.manager.status()]
-    lines_before = len(env.audit_lines())
+    lines_before = len(env.audit_lines(gateway))
     x = np.zeros((1, IN_DIM), np.float32)
     with harness.triton(env, gateway.grpc_port) as client, pytest.raises(InferenceServerException) as e:
         _infer(client, "mlp", x, headers)
     assert expected in _code(e.value)
     assert "Traceback" not in str(e.value)
-    lines = env.audit_lines()[lines_before:]
+    lines = env.audit_lines(gateway)[lines_before:]
     assert any(rec["method"] == "grpc:ModelInfer" and rec["status"] == expected for rec in lines), lines
     assert all(tok is None or tok not in str(rec) for rec in lines)
     assert [(s.name, s.version, s.state.name) for s in gateway.manager.status()] == before

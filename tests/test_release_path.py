@@ -108,7 +108,7 @@ def test_push_infer_refuse_older_rollback_audited(env: harness.Env, gateway: Any
         assert listing.serving_version == 1 and listing.highest_version_seen == 2
         assert any(v.version == 1 and v.pinned for v in listing.versions)
         assert next(v for v in listing.versions if v.version == 1).provenance.framework == "onnx"
-    methods = [(r["method"], r["status"], r.get("version")) for r in env.audit_lines()]
+    methods = [(r["method"], r["status"], r.get("version")) for r in env.audit_lines(gateway)]
     assert ("grpc:Push", "OK", "2") in methods
     assert ("grpc:Push", "FAILED_PRECONDITION", "1") in methods
     assert ("grpc:Rollback", "OK", "1") in methods

@@ -7,6 +7,7 @@ beyond their names.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -34,11 +35,19 @@ class Principal:
 
 
 class Authorizer:
-    """Authenticates the bearer token of a call and authorizes one action on one model."""
+    """Authenticates the bearer token of a call and authorizes one action on one model.
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    Granted decisions are memoized by (token, client certificate thumbprint, action, model) until the
+    token expires or the key set changes, so a repeat call costs one dict lookup instead of hashing the
+    token, checking the binding and the scopes again (~15 µs a call on a busy server). Refusals are
+    never memoized: each one runs the full check and is counted.
+    """
+
+    def __init__(self, verifier: TokenVerifier, cache_size: int = 10_000) -> None:
         """Wrap a TokenVerifier (shared, with its cache)."""
         self.verifier = verifier
+        self._granted: dict[tuple[str, str | None, str, str], tuple[Principal, float, int]] = {}
+        self._cache_size = max(1, cache_size)
 
     def authenticate(self, metadata: Metadata, peer: PeerIdentity) -> Principal:
         """Verify the bearer token and its certificate binding; no scope check (for listings)."""
@@ -51,8 +60,21 @@ class Authorizer:
 
         Raises Unauthenticated (no/invalid token) or PermissionDenied (binding, scope).
         """
-        principal = self.authenticate(metadata, peer)
+        token = bearer_token(metadata)
+        key = (token, peer.thumbprint, action, model)
+        generation = self.verifier.generation()
+        hit = self._granted.get(key)
+        if hit is not None and hit[2] == generation and hit[1] > time.time():
+            principal = hit[0]
+            if principal.identity == peer.name:
+                return principal
+        claims = self.verifier.verify(token)
+        check_binding(claims, peer)
+        principal = _principal(claims, peer)
         authorize(principal, action, model)
+        if len(self._granted) >= self._cache_size:
+            self._granted.clear()
+        self._granted[key] = (principal, float(claims.exp), generation)
         return principal
 
 

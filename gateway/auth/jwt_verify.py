@@ -103,6 +103,14 @@ class TokenVerifier:
         """The kids currently trusted."""
         return frozenset(self._keys)
 
+    def generation(self) -> int:
+        """The key-set generation, after the JWKS file is checked if due; changes on reload and clear_cache.
+
+        Callers that memoize decisions built on verified claims key them on this.
+        """
+        self._maybe_reload()
+        return self._generation
+
     def verify(self, token: str | bytes | None) -> Claims:
         """Return the token's Claims, from the cache when it was verified before and has not expired.
 

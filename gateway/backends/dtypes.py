@@ -84,6 +84,9 @@ def numpy_dtype(datatype: str) -> np.dtype:
 
 def v2_datatype_or_none(dtype: np.dtype) -> str | None:
     """The V2 datatype of a numpy dtype (any byte order; object or fixed bytes -> BYTES), or None."""
+    name = _FROM_NUMPY.get(dtype)  # native byte order: no new dtype object on the hot path
+    if name is not None:
+        return name
     if dtype.kind in "OS":
         return BYTES
     return _FROM_NUMPY.get(dtype.newbyteorder("="))

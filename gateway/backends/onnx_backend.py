@@ -133,6 +133,8 @@ def _spec(arg: ort.NodeArg, rank_known: bool) -> TensorSpec:
 def _to_ort(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
     """A validated input in the form ONNX Runtime reads: native, contiguous; BYTES as UTF-8 str."""
     if spec.datatype != BYTES:
+        if value.flags.c_contiguous and value.dtype.isnative:
+            return value  # validated: already the spec's datatype
         return np.ascontiguousarray(value, dtype=numpy_dtype(spec.datatype))
     out = np.empty(value.shape, dtype=object)
     flat = out.reshape(-1)
@@ -172,6 +174,8 @@ class OnnxModel:
         self._session: ort.InferenceSession | None = session
         self.inputs = inputs
         self.outputs = outputs
+        self._input_specs = {spec.name: spec for spec in inputs}
+        self._output_names = [spec.name for spec in outputs]
         self.providers: tuple[str, ...] = tuple(session.get_providers())
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -179,15 +183,20 @@ class OnnxModel:
         session = self._session
         if session is None:
             raise Unavailable("model is closed")
-        validate_inputs(self.inputs, inputs)
-        names = validate_outputs(self.outputs, outputs)
-        feed = {spec.name: _to_ort(spec, inputs[spec.name]) for spec in self.inputs}
+        validate_inputs(self.inputs, inputs, self._input_specs)
+        names = list(validate_outputs(self.outputs, outputs)) if outputs else self._output_names
+        feed = {}
+        for spec in self.inputs:  # plain loops: this runs on every request
+            feed[spec.name] = _to_ort(spec, inputs[spec.name])
         try:
-            results = session.run(list(names), feed)
+            results = session.run(names, feed)
         except ort_state.InvalidArgument as exc:
             log.warning("ONNX Runtime refused a request: %s", exc)
             raise InvalidInput("the model could not run on these inputs (ONNX Runtime refused them)") from exc
-        return {name: _from_ort(result) for name, result in zip(names, results, strict=True)}
+        out = {}
+        for name, result in zip(names, results, strict=True):
+            out[name] = _from_ort(result) if result.dtype.kind in "OU" else result
+        return out
 
     def close(self) -> None:
         """Drop the session; runs in progress hold their own reference and finish."""

@@ -47,7 +47,7 @@ def check_tensor(spec: TensorSpec, value: object) -> None:
     if got != spec.datatype:
         shown = got if got is not None else f"numpy {value.dtype}"
         raise InvalidInput(f"input {spec.name!r}: expected datatype {spec.datatype}, got {shown}")
-    if spec.rank_known:
+    if spec.rank_known and value.shape != spec.shape:
         if value.ndim != len(spec.shape):
             raise InvalidInput(
                 f"input {spec.name!r}: expected shape {_shape(spec.shape)} (rank {len(spec.shape)}), "
@@ -63,9 +63,15 @@ def check_tensor(spec: TensorSpec, value: object) -> None:
         _check_bytes(spec.name, value)
 
 
-def validate_inputs(model_inputs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> None:
-    """Refuse unknown or missing inputs and any wrong datatype or shape (-1 matches any size)."""
-    specs = {spec.name: spec for spec in model_inputs}
+def validate_inputs(
+    model_inputs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec] | None = None
+) -> None:
+    """Refuse unknown or missing inputs and any wrong datatype or shape (-1 matches any size).
+
+    `specs` is `model_inputs` by name, for a backend that keeps it rather than rebuilding it per call.
+    """
+    if specs is None:
+        specs = {spec.name: spec for spec in model_inputs}
     for name in inputs:
         if name not in specs:
             raise InvalidInput(f"unknown input {name!r}; the model's inputs are {_names(specs)}")

@@ -34,6 +34,7 @@ from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
 from gateway.server.guard import Guard
 from gateway.server.inference import InferenceService, PeerCache
 from gateway.server.metrics import Metrics
+from gateway.server.recorder import CallRecorder
 from gateway.server.release import ReleaseService
 from gateway.server.rest import RestServer
 from gateway.serving.manager import ModelManager
@@ -77,8 +78,9 @@ class Gateway:
             algorithms=tuple(config.auth.algorithms),
             leeway=config.auth.leeway_s,
         )
-        self.guard = Guard(Authorizer(verifier), self.audit, self.metrics)
         self.manager = build_manager(config)
+        self.recorder = CallRecorder(self.audit, self.metrics)
+        self.guard = Guard(Authorizer(verifier), self.recorder)
         self.manager.metrics = self.metrics
         self.grpc_port = 0
         self.rest_port = 0
@@ -156,6 +158,7 @@ class Gateway:
         if self._server:
             await self._server.stop(grace)
         self.manager.stop()
+        self.recorder.close()
         self.audit.close()
 
 

@@ -9,43 +9,77 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from types import TracebackType
 
 import grpc
 
-from gateway.auth.audit import AuditLog
 from gateway.auth.authorizer import Authorizer, Metadata, Principal
 from gateway.auth.peer import PeerIdentity
 from gateway.errors import PermissionDenied, SealgateError, Unauthenticated, grpc_status
-from gateway.server.metrics import Metrics
+from gateway.server.recorder import CallRecord, CallRecorder
 
 log = logging.getLogger("sealgate.server")
 
 
-@dataclass
 class Call:
-    """One call in progress: who, on what, and how it ended."""
+    """One call in progress: who, on what, and how it ended; a context manager that records it on exit.
 
-    protocol: str
-    method: str
-    peer: PeerIdentity
-    model: str = ""
-    version: str = ""
-    principal: Principal | None = None
-    status: grpc.StatusCode = grpc.StatusCode.OK
-    reason: str | None = None
-    started: float = field(default_factory=time.perf_counter)
+    A plain class with __slots__ rather than a dataclass and @contextmanager: it is made on every call,
+    and the generator machinery alone cost a few microseconds.
+    """
+
+    __slots__ = ("_rec", "method", "model", "peer", "principal", "protocol", "reason", "started", "status", "version")
+
+    def __init__(self, recorder: CallRecorder, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> None:
+        self._rec = recorder
+        self.protocol = protocol
+        self.method = method
+        self.peer = peer
+        self.model = model
+        self.version = ""
+        self.principal: Principal | None = None
+        self.status = grpc.StatusCode.OK
+        self.reason: str | None = None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Note how the call ended (the status the client will get) and queue its record; never swallows."""
+        elapsed = time.perf_counter() - self.started
+        if exc is not None:
+            if isinstance(exc, SealgateError):
+                self.status, self.reason = exc.grpc_code, str(exc)
+            else:
+                self.status, self.reason = grpc_status(exc)
+                log.error("unexpected error in %s %s", self.protocol, self.method, exc_info=exc)
+        p = self.principal
+        self._rec.record(
+            CallRecord(
+                time.time(),
+                self.protocol,
+                self.method,
+                p.subject if p else None,
+                p.identity if p else self.peer.name,
+                self.model,
+                self.version,
+                self.status,
+                elapsed,
+                self.reason,
+            )
+        )
 
 
 class Guard:
-    """Authorizes calls and records them (audit log + metrics) exactly once each."""
+    """Authorizes calls and records them (audit log + metrics, through the CallRecorder) exactly once each."""
 
-    def __init__(self, authorizer: Authorizer, audit: AuditLog, metrics: Metrics) -> None:
+    def __init__(self, authorizer: Authorizer, recorder: CallRecorder) -> None:
         self.authorizer = authorizer
-        self.audit = audit
-        self.metrics = metrics
+        self.recorder = recorder
+        self.metrics = recorder.metrics
 
     def authorize(self, call: Call, metadata: Metadata, action: str | None, model: str = "") -> Principal:
         """Authenticate the call's token and, with an action, require its scope on `model`."""
@@ -55,38 +89,11 @@ class Guard:
                 call.principal = self.authorizer.authenticate(metadata, call.peer)
             else:
                 call.principal = self.authorizer.authorize(metadata, call.peer, action, model)
-        except Unauthenticated as exc:
-            self.metrics.auth_failures.labels(exc.reason).inc()
-            raise
-        except PermissionDenied as exc:
+        except (Unauthenticated, PermissionDenied) as exc:
             self.metrics.auth_failures.labels(exc.reason).inc()
             raise
         return call.principal
 
-    @contextmanager
-    def call(self, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> Iterator[Call]:
-        """Run a call body; records status, audit line and metrics however it ends."""
-        call = Call(protocol, method, peer, model)
-        try:
-            yield call
-        except SealgateError as exc:
-            call.status, call.reason = exc.grpc_code, str(exc)
-            raise
-        except Exception as exc:
-            call.status, call.reason = grpc_status(exc)
-            log.exception("unexpected error in %s %s", protocol, method)
-            raise
-        finally:
-            elapsed = time.perf_counter() - call.started
-            p = call.principal
-            self.audit.record(
-                subject=p.subject if p else None,
-                identity=p.identity if p else call.peer.name,
-                method=f"{protocol}:{method}",
-                model=call.model or None,
-                version=call.version or None,
-                status=call.status,
-                latency_ms=elapsed * 1000.0,
-                reason=call.reason,
-            )
-            self.metrics.observe(protocol, method, call.model, call.version, call.status.name, elapsed)
+    def call(self, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> Call:
+        """A Call to run a body in (`with guard.call(...) as call:`); records it however it ends."""
+        return Call(self.recorder, protocol, method, peer, model)

@@ -160,6 +160,7 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
 
         def do_GET(self) -> None:
             if self.path == "/metrics":
+                guard.recorder.flush()
                 self._send(200, guard.metrics.render(), "text/plain; version=0.0.4")
                 return
             try:

@@ -6,12 +6,14 @@ message naming the tensor; nothing here trusts a declared size before checking i
 
 from __future__ import annotations
 
+import math
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gateway.backends.dtypes import BYTES, numpy_dtype, v2_from_numpy
+from gateway.backends.dtypes import BYTES, NUMPY_DTYPES, numpy_dtype, v2_from_numpy
 from gateway.errors import InvalidInput
 from gateway.protos.inference import grpc_service_pb2 as pb
 
@@ -34,14 +36,18 @@ _TYPED_FIELD = {
 }
 
 
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+# raw contents are little-endian (the V2 protocol); dtypes made once, not per request
+_WIRE = {name: np.dtype(dt).newbyteorder("<") for name, dt in NUMPY_DTYPES.items() if name != BYTES}
+
+
 def _count(name: str, shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        if d < 0:
-            raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
-        n *= d
-        if n > MAX_ELEMENTS:
-            raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
+    """Elements of a declared shape; refuses negative dimensions and shapes over MAX_ELEMENTS."""
+    if shape and min(shape) < 0:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    n = math.prod(shape)  # Python ints: a huge declared shape cannot overflow
+    if n > MAX_ELEMENTS:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
     return n
 
 
@@ -82,9 +88,9 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         name = tensor.name
         if name in arrays:
             raise InvalidInput(f"input {name!r} given twice")
-        shape = tuple(int(d) for d in tensor.shape)
+        shape = tuple(tensor.shape)
         count = _count(name, shape)
-        dtype = numpy_dtype(tensor.datatype)
+        dtype = _WIRE.get(tensor.datatype) or numpy_dtype(tensor.datatype)
         if raw:
             data = raw[i]
             if tensor.datatype == BYTES:
@@ -96,7 +102,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                         f"input {name!r}: raw content is {len(data)} bytes, shape {list(shape)} of "
                         f"{tensor.datatype} needs {expected}"
                     )
-                arr = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+                arr = np.frombuffer(data, dtype=dtype)
         else:
             field = _TYPED_FIELD.get(tensor.datatype)
             if field is None:
@@ -126,5 +132,7 @@ def encode_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.nda
         tensor.shape.extend(arr.shape)
         if datatype == BYTES:
             response.raw_output_contents.append(encode_bytes(arr))
+        elif _LITTLE_ENDIAN_HOST and arr.dtype.byteorder != ">":
+            response.raw_output_contents.append(arr.tobytes())  # already little-endian; tobytes() writes C order
         else:
-            response.raw_output_contents.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+            response.raw_output_contents.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
