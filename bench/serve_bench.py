@@ -2,7 +2,8 @@
 V2 server with the same mTLS calling ONNX Runtime inline, in the same run, same model (64-256-256-1 MLP).
 
 Closed-loop load from `tritonclient.grpc.aio` at several concurrencies; prints requests/s, p50 and p99
-for each server, its process's CPU time per request (all threads, from /proc), and the ratios. Each server runs in its own process; the load generator in this one.
+for each server, its process's CPU time per request (all threads, from /proc), and the ratios. Each
+server runs in its own process; the load generator in this one.
 
     python bench/serve_bench.py [--seconds 5] [--concurrency 1 16 64] [--repeats 3] [--intra-op-threads 0]
 

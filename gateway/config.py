@@ -58,6 +58,9 @@ class AuthConfig:
     """JWT verification: issuer, audience, key set, allowed algorithms."""
 
     jwks: Path = Path("certs/jwks.json")
+    jwks_url: str = ""  # https://... : keys fetched from here (the file above is then unused)
+    jwks_ca: str = ""  # CA bundle (PEM) for jwks_url; empty: the system trust store
+    jwks_refresh_s: float = 300.0  # how often jwks_url is fetched again (sooner on an unknown kid)
     issuer: str = DEV_ISSUER
     audience: str = DEV_AUDIENCE
     leeway_s: int = 30
@@ -108,6 +111,8 @@ class Config:
         self.repository.path = fix(self.repository.path)
         self.tls.ca, self.tls.cert, self.tls.key = fix(self.tls.ca), fix(self.tls.cert), fix(self.tls.key)
         self.auth.jwks = fix(self.auth.jwks)
+        if self.auth.jwks_ca:
+            self.auth.jwks_ca = str(fix(Path(self.auth.jwks_ca)))
         self.keys.identities = [fix(p) for p in self.keys.identities]
         self.keys.trusted_signers = [fix(p) for p in self.keys.trusted_signers]
         if self.audit.path not in ("-", ""):
@@ -127,6 +132,10 @@ class Config:
         for alg in self.auth.algorithms:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 raise ConfigError(f"[auth] algorithm {alg} is not allowed (no 'none', no shared-secret HMAC)")
+        if self.auth.jwks_url and not self.auth.jwks_url.startswith("https://"):
+            raise ConfigError("[auth] jwks_url must be an https:// URL")
+        if self.auth.jwks_refresh_s < 1:
+            raise ConfigError("[auth] jwks_refresh_s must be >= 1")
         for addr in (self.server.grpc_address, self.server.rest_address):
             if ":" not in addr:
                 raise ConfigError(f"[server] address {addr!r} must be host:port")

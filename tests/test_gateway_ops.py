@@ -148,6 +148,11 @@ def test_config_is_validated(tmp_path: Path) -> None:
     bad.write_text("[repository]\nlatest = 'two'\n")
     with pytest.raises(ConfigError, match="must be a number"):
         load_config(bad)
+    bad.write_text("[auth]\njwks_url = 'http://idp.example/jwks.json'\n")
+    with pytest.raises(ConfigError, match="jwks_url must be an https"):
+        load_config(bad)
+    bad.write_text("[auth]\njwks_url = 'https://127.0.0.1:1/jwks.json'\njwks_ca = 'idp-ca.pem'\n")
+    assert load_config(bad).auth.jwks_ca == str(tmp_path / "idp-ca.pem"), "paths are relative to the config file"
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad)],
         capture_output=True,

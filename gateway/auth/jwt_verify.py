@@ -1,19 +1,17 @@
-"""JWT access-token verification against a JWKS file, with a bounded cache so the hot path is a dict lookup.
+"""JWT access-token verification against a JWKS file or URL, with a bounded cache so the hot path is a dict lookup.
 
 Keys are chosen by `kid` only and bound to their algorithm; only asymmetric algorithms are ever accepted.
-The JWKS file is re-read when it changes (checked at most once per `reload_interval`), which clears the cache.
+The key set is re-read when it changes (checked at most once per `reload_interval`), which clears the cache.
 Tokens are never logged, and never part of an error message.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +20,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
+from gateway.auth.jwks import FileJwks, JwksSource, UrlJwks, parse_jwks
 from gateway.errors import ConfigError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,9 @@ SAFE_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512
 ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
 MAX_TOKEN_CHARS = 8192
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+FILE_RELOAD_S = 1.0
+URL_RELOAD_S = 300.0
+MIN_KID_REFRESH_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,34 +65,52 @@ class TokenVerifier:
 
     def __init__(
         self,
-        jwks_path: Path,
+        jwks_path: Path | None,
         issuer: str | Sequence[str],
         audience: str | Sequence[str],
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway: float = 30,
         cache_size: int = 10_000,
-        reload_interval: float = 1.0,
+        reload_interval: float | None = None,
+        *,
+        jwks_url: str | None = None,
+        jwks_ca: Path | None = None,
     ) -> None:
-        """Load the JWKS now (ConfigError if unusable); refuse any algorithm outside SAFE_ALGORITHMS."""
+        """Load the keys now (ConfigError if unusable); refuse any algorithm outside SAFE_ALGORITHMS.
+
+        Keys come from `jwks_url` (HTTPS, checked against `jwks_ca` or the system roots) when given, else
+        from the file `jwks_path`. `reload_interval` (default 1 s for a file, 300 s for a URL) is how often
+        the source is checked; a URL is fetched in the background, never on a request, and sooner when a
+        token names an unknown kid (at most every MIN_KID_REFRESH_S).
+        """
         unsafe = sorted(set(algorithms) - SAFE_ALGORITHMS)
         if unsafe or not algorithms:
             raise ConfigError(f"refusing JWT algorithms {unsafe or 'none given'}: only asymmetric ones are allowed")
         if not issuer or not audience:
             raise ConfigError("a token verifier needs an issuer and an audience")
-        self._path = Path(jwks_path)
+        if jwks_url:
+            self._source: JwksSource = UrlJwks(jwks_url, jwks_ca)
+        elif jwks_path is not None:
+            self._source = FileJwks(Path(jwks_path))
+        else:
+            raise ConfigError("a token verifier needs a JWKS file or URL")
         self._issuer = issuer if isinstance(issuer, str) else tuple(issuer)
         self._audience = audience if isinstance(audience, str) else list(audience)
         self._algorithms = tuple(algorithms)
         self._leeway = float(leeway)
         self._cache_size = max(1, int(cache_size))
+        if reload_interval is None:
+            reload_interval = URL_RELOAD_S if self._source.remote else FILE_RELOAD_S
         self._reload_interval = float(reload_interval)
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._cache: dict[bytes, Claims] = {}
         self._generation = 0
         self.stats = VerifierStats()
-        self._stamp = _stamp(self._path)
-        self._keys = load_jwks(self._path, self._algorithms)
+        self._fetching = False
+        stamp, data = self._source.poll(None)
+        self._stamp: Hashable = stamp
+        self._keys = parse_jwks(data or b"", self._source.name, self._algorithms)
         self._last_check = time.monotonic()
 
     @property
@@ -142,28 +162,29 @@ class TokenVerifier:
         return claims
 
     def reload(self) -> bool:
-        """Re-read the JWKS file now if it changed; returns whether the key set was replaced."""
+        """Check the key source now; returns whether the key set was replaced (blocks on a URL fetch)."""
         with self._reload_lock:
             self._last_check = time.monotonic()
+            name = self._source.name
             try:
-                stamp = _stamp(self._path)
+                stamp, data = self._source.poll(self._stamp)
             except ConfigError as exc:
-                log.warning("JWKS %s unreadable, keeping the current keys: %s", self._path, exc)
+                log.warning("JWKS %s unreadable, keeping the current keys: %s", name, exc)
                 return False
-            if stamp == self._stamp:
+            if data is None:
                 return False
             self._stamp = stamp
             try:
-                keys = load_jwks(self._path, self._algorithms)
+                keys = parse_jwks(data, name, self._algorithms)
             except ConfigError as exc:
-                log.warning("JWKS %s invalid, keeping the current keys: %s", self._path, exc)
+                log.warning("JWKS %s invalid, keeping the current keys: %s", name, exc)
                 return False
             with self._lock:
                 self._keys = keys
                 self._cache.clear()
                 self._generation += 1
                 self.stats.reloads += 1
-            log.info("JWKS %s reloaded: %d key(s)", self._path, len(keys))
+            log.info("JWKS %s reloaded: %d key(s)", name, len(keys))
             return True
 
     def clear_cache(self) -> None:
@@ -173,10 +194,29 @@ class TokenVerifier:
             self._generation += 1
 
     # --- internals --------------------------------------------------------------------------------
-    def _maybe_reload(self) -> None:
-        """Check the JWKS file at most once per reload interval; cheap when nothing is due."""
-        if time.monotonic() - self._last_check >= self._reload_interval:
+    def _maybe_reload(self, interval: float | None = None) -> None:
+        """Check the key source at most once per interval; cheap when nothing is due.
+
+        A file is checked inline (a stat); a URL in a background thread, so no request waits on the network.
+        """
+        if time.monotonic() - self._last_check < (self._reload_interval if interval is None else interval):
+            return
+        if not self._source.remote:
             self.reload()
+            return
+        with self._lock:
+            if self._fetching:
+                return
+            self._fetching = True
+            self._last_check = time.monotonic()
+        threading.Thread(target=self._fetch_in_background, name="sealgate-jwks", daemon=True).start()
+
+    def _fetch_in_background(self) -> None:
+        try:
+            self.reload()
+        finally:
+            with self._lock:
+                self._fetching = False
 
     def _store(self, digest: bytes, claims: Claims, generation: int) -> None:
         """Cache a verified token until its exp, unless the keys changed meanwhile; bounded in size."""
@@ -214,6 +254,8 @@ class TokenVerifier:
         kid = header.get("kid")
         key = keys.get(kid) if isinstance(kid, str) else None
         if key is None:
+            if self._source.remote:  # perhaps the issuer rotated: fetch again soon, without waiting here
+                self._maybe_reload(MIN_KID_REFRESH_S)
             raise self._refuse("token signed by an unknown key", "unknown_kid")
         if key.algorithm_name != alg:
             raise self._refuse("token algorithm does not match its key", "algorithm")
@@ -259,53 +301,6 @@ class TokenVerifier:
         with self._lock:
             self.stats.refusals += 1
         return Unauthenticated(message, reason=reason)
-
-
-def load_jwks(path: Path, algorithms: Sequence[str] = DEFAULT_ALGORITHMS) -> dict[str, PyJWK]:
-    """Read a JWKS file into {kid: PyJWK}, keeping only signature keys with a kid and an allowed algorithm.
-
-    Symmetric (`oct`) keys are never loaded. ConfigError if the file is unreadable, has duplicate kids,
-    or leaves no usable key.
-    """
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-        entries = data["keys"]
-        if not isinstance(entries, list):
-            raise TypeError("'keys' is not a list")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read JWKS {path}: {exc}") from None
-    keys: dict[str, PyJWK] = {}
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("kty") == "oct":
-            continue
-        if "d" in entry:
-            log.warning("JWKS %s holds private key material (kid %s): skipped; remove it", path, entry.get("kid"))
-            continue
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid or entry.get("use", "sig") != "sig":
-            continue
-        try:
-            key = PyJWK(entry)
-        except jwt.PyJWTError as exc:
-            log.warning("JWKS %s: skipping key %s: %s", path, kid, exc)
-            continue
-        if key.algorithm_name not in algorithms:
-            continue
-        if kid in keys:
-            raise ConfigError(f"JWKS {path} has two keys with kid {kid!r}")
-        keys[kid] = key
-    if not keys:
-        raise ConfigError(f"JWKS {path} holds no usable signature key for {list(algorithms)}")
-    return keys
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """What changes when a file is rewritten or replaced: (mtime_ns, size, inode)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot stat JWKS {path}: {exc}") from None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _classify(exc: jwt.PyJWTError) -> tuple[str, str]:

@@ -72,7 +72,10 @@ class Gateway:
         audit_path = config.audit.path
         self.audit = AuditLog(None if audit_path in ("-", "") else Path(audit_path))
         verifier = TokenVerifier(
-            config.auth.jwks,
+            None if config.auth.jwks_url else config.auth.jwks,
+            jwks_url=config.auth.jwks_url or None,
+            jwks_ca=Path(config.auth.jwks_ca) if config.auth.jwks_ca else None,
+            reload_interval=config.auth.jwks_refresh_s if config.auth.jwks_url else None,
             issuer=config.auth.issuer,
             audience=config.auth.audience,
             algorithms=tuple(config.auth.algorithms),
