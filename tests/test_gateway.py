@@ -114,6 +114,22 @@ def _rest(
     return requests.post(url, json=body, **kw)
 
 
+def test_rest_refusal_before_the_body_keeps_the_connection_usable(env: harness.Env, gateway: Any) -> None:
+    url = f"https://127.0.0.1:{gateway.rest_port}/v1/models/mlp:predict"
+    body = {"instances": [[0.5] * IN_DIM]}
+    tls: dict[str, Any] = {
+        "verify": str(env.certs / "ca.pem"),  # per request: a session's verify loses to REQUESTS_CA_BUNDLE
+        "cert": (str(env.certs / "client.pem"), str(env.certs / "client.key")),
+        "timeout": 30,
+    }
+    with requests.Session() as s:
+        refused = s.post(url, json=body, **tls)  # no token: refused before the body is read
+        assert refused.status_code == 401 and refused.headers.get("Connection") == "close"
+        ok = s.post(url, json=body, headers={"authorization": "Bearer " + harness.token(env)}, **tls)
+        assert ok.status_code == 200, ok.text
+        assert np.asarray(ok.json()["predictions"]).shape == (1, 2)
+
+
 def test_rest_predict_both_forms_match_grpc(env: harness.Env, gateway: Any, good: dict[str, str]) -> None:
     tok = good["authorization"].split()[1]
     x = np.random.default_rng(2).standard_normal((3, IN_DIM)).astype(np.float32)

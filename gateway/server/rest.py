@@ -95,6 +95,16 @@ def predict(manager: ModelManager, name: str, version: int | None, body: dict[st
     return served.version, {"outputs": {k: _jsonable(outputs[k]) for k in out_names}}
 
 
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer whose broken connections (a client gone mid-response) are a debug line, not a
+    traceback on stderr."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("REST connection from %s ended with an error", client_address, exc_info=True)
+
+
 class RestServer:
     """The REST listener; `start()` runs it in a daemon thread, `stop()` shuts it down."""
 
@@ -108,8 +118,7 @@ class RestServer:
     ) -> None:
         host, _, port = address.rpartition(":")
         handler = _make_handler(manager, guard, max_body_bytes)
-        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host.strip("[]"), int(port)), handler)
         if ssl_context is not None:
             # the handshake runs in the request's thread (first read), so a slow client cannot stall accept()
             self.httpd.socket = ssl_context.wrap_socket(
@@ -148,6 +157,8 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -159,6 +170,9 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
             return m["name"], version, bool(m["verb"])
 
         def do_GET(self) -> None:
+            self._consumed = False
+            if self._unread_body():  # a GET body is never read: this connection cannot carry another request
+                self.close_connection = True
             if self.path == "/metrics":
                 guard.recorder.flush()
                 self._send(200, guard.metrics.render(), "text/plain; version=0.0.4")
@@ -193,6 +207,7 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
             }
 
         def do_POST(self) -> None:
+            self._consumed = False
             try:
                 with guard.call("rest", "Predict", self._peer()) as call:
                     name, version, verb = self._route()
@@ -207,6 +222,10 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
             except Exception as exc:
                 self._error(exc)
 
+        def _unread_body(self) -> bool:
+            """Whether this request came with a body that has not been read (refused before reading it)."""
+            return not getattr(self, "_consumed", False) and self.headers.get("Content-Length", "0").strip() != "0"
+
         def _body(self) -> dict[str, Any]:
             try:
                 length = int(self.headers.get("Content-Length", "0"))
@@ -215,6 +234,7 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
             if length > max_body:
                 raise TooLarge(f"request body of {length} bytes exceeds the limit of {max_body}")
             raw = self.rfile.read(length)
+            self._consumed = True
             try:
                 doc = json.loads(raw)
             except ValueError:
@@ -225,7 +245,8 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
 
         def _error(self, exc: Exception) -> None:
             status, message = http_status(exc)
-            if isinstance(exc, TooLarge):
+            if isinstance(exc, TooLarge) or self._unread_body():
+                # the body is still in the stream: reading the next request from it would be garbage
                 self.close_connection = True
             try:
                 self._send(status, {"error": message})
