@@ -92,6 +92,18 @@ def _refuse_existing(dir: Path, force: bool) -> None:
 
 
 @app.command()
+def revoke(
+    cert: Annotated[Path, typer.Argument(help="The client certificate (PEM) to revoke.")],
+    dir: CertsDir = Path("certs"),
+) -> None:
+    """Revoke a client certificate of the dev CA: add it to DIR/crl.pem, which `[tls] crl` enforces."""
+    from gateway.auth import pki
+
+    path = pki.revoke(dir, cert)
+    out.print(f"revoked {cert}: wrote {path}", highlight=False)
+
+
+@app.command()
 def token(
     sub: Annotated[str, typer.Option(help="Subject (who the token is for).")],
     scope: Annotated[str, typer.Option(help='Space-separated scopes, e.g. "infer:ctr fetch:ctr".')],

@@ -51,6 +51,7 @@ class TlsConfig:
     cert: Path = Path("certs/server.pem")
     key: Path = Path("certs/server.key")
     require_client_auth: bool = True
+    crl: str = ""  # the client CA's CRL (PEM or DER), enforced on every authorized call; empty: none
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Config:
         self.repository.path = fix(self.repository.path)
         self.tls.ca, self.tls.cert, self.tls.key = fix(self.tls.ca), fix(self.tls.cert), fix(self.tls.key)
         self.auth.jwks = fix(self.auth.jwks)
+        if self.tls.crl:
+            self.tls.crl = str(fix(Path(self.tls.crl)))
         if self.auth.jwks_ca:
             self.auth.jwks_ca = str(fix(Path(self.auth.jwks_ca)))
         self.keys.identities = [fix(p) for p in self.keys.identities]

@@ -24,6 +24,8 @@ class PeerIdentity:
     spiffe_id: str | None
     subject: str
     thumbprint: str | None
+    serial: int | None = None  # with `issuer`, what a CRL names
+    issuer: str = ""
 
     @property
     def name(self) -> str | None:
@@ -51,6 +53,8 @@ def peer_from_cert(cert: bytes | str | None) -> PeerIdentity:
         spiffe_id=_spiffe_id(parsed),
         subject=parsed.subject.rfc4514_string(),
         thumbprint=b64url(hashlib.sha256(der).digest()),
+        serial=parsed.serial_number,
+        issuer=parsed.issuer.rfc4514_string(),
     )
 
 

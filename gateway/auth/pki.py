@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -128,6 +129,50 @@ def write_jwt_issuer(dir: Path, force: bool = False) -> list[Path]:
     write_file(paths[1], _spki(key.public_key()), force=force)
     write_file(paths[2], jwks.encode("utf-8"), force=force)
     return paths
+
+
+CRL_DAYS = 7
+
+
+def revoke(dir: Path, cert: Path, days: int = CRL_DAYS) -> Path:
+    """Add a certificate issued by the dev CA to `dir`/crl.pem (made if absent), signed by the CA; atomic.
+
+    The gateway enforces it when `[tls] crl` names the file; it re-reads the file within a second.
+    """
+    ca_cert, ca_key = load_ca(dir)
+    try:
+        leaf = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {cert}: {exc}") from None
+    try:
+        leaf.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(f"{cert} was not issued by the CA in {dir}") from None
+    path = Path(dir) / "crl.pem"
+    entries: list[x509.RevokedCertificate] = []
+    if path.exists():
+        try:
+            old = x509.load_pem_x509_crl(path.read_bytes())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not a CRL: {exc}") from None
+        if not old.is_signature_valid(ca_key.public_key()):
+            raise ConfigError(f"{path} is not signed by the CA in {dir}")
+        entries = [e for e in old if e.serial_number != leaf.serial_number]
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=days))
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    builder = builder.add_revoked_certificate(
+        x509.RevokedCertificateBuilder().serial_number(leaf.serial_number).revocation_date(now).build()
+    )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    write_file(path, crl.public_bytes(serialization.Encoding.PEM), force=True)
+    return path
 
 
 # --- certificates ---------------------------------------------------------------------------------

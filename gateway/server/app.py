@@ -24,6 +24,7 @@ from gateway.artifact.sealed import TrustStore
 from gateway.auth.audit import AuditLog
 from gateway.auth.authorizer import Authorizer
 from gateway.auth.jwt_verify import TokenVerifier
+from gateway.auth.revocation import RevocationList
 from gateway.auth.tls import server_credentials, ssl_context_for_rest
 from gateway.backends import BackendConfig
 from gateway.config import Config
@@ -83,7 +84,8 @@ class Gateway:
         )
         self.manager = build_manager(config)
         self.recorder = CallRecorder(self.audit, self.metrics)
-        self.guard = Guard(Authorizer(verifier), self.recorder)
+        revocation = RevocationList(Path(config.tls.crl), config.tls.ca) if config.tls.crl else None
+        self.guard = Guard(Authorizer(verifier, revocation=revocation), self.recorder)
         self.manager.metrics = self.metrics
         self.grpc_port = 0
         self.rest_port = 0
