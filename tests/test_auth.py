@@ -29,6 +29,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.auth import (
     ANONYMOUS,
@@ -50,7 +52,7 @@ from gateway.auth import (
     server_credentials,
     ssl_context_for_rest,
 )
-from gateway.auth.audit import FIELDS
+from gateway.auth.audit import FIELDS, audit_line
 from gateway.auth.jwt_verify import REASONS
 from gateway.errors import ConfigError, PermissionDenied, SealgateError, Unauthenticated, grpc_status
 
@@ -516,6 +518,31 @@ def test_audit_lines_are_json_with_allowed_fields_and_no_token(certs: Path, tmp_
     assert "[redacted]" in second["reason"] and "AAAA" * 30 not in second["reason"]
     assert third["model"] == "[redacted]" and third["version"] == "[redacted]" and third["status"] == "UNKNOWN"
     assert len(third["reason"]) <= 260
+
+
+_texts = st.one_of(st.none(), st.text(max_size=300), st.integers(), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=_texts, identity=_texts, model=_texts, version=_texts, reason=st.one_of(st.none(), st.text()))
+def test_audit_line_is_canonical_json_whatever_the_values(
+    subject: Any, identity: Any, model: Any, version: Any, reason: Any
+) -> None:
+    fields = {"subject": subject, "identity": identity, "method": "grpc:ModelInfer", "model": model}
+    first = audit_line(**fields, version=version, status="OK", latency_ms=1.5, reason=reason, at=0.0)
+    again = audit_line(**fields, version=version, status="OK", latency_ms=1.5, reason=reason, at=0.0)
+    assert first == again, "the cached part gives the same line"
+    entry = json.loads(first)
+    assert first == json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"
+    assert list(entry) == [f for f in FIELDS if f != "reason" or reason is not None]
+    assert entry["time"] == "1970-01-01T00:00:00.000Z" and entry["latency_ms"] == 1.5
+    for name, value in (("subject", subject), ("identity", identity), ("model", model), ("version", version)):
+        if value is None:
+            assert entry[name] is None
+        elif isinstance(value, bool):
+            assert entry[name] == "[redacted]", "a bool is not a name (and must not share a cache entry with 1)"
+        else:
+            assert len(entry[name]) <= 259
 
 
 def test_audit_keeps_ordinary_text(tmp_path: Path) -> None:

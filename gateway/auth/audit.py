@@ -6,6 +6,7 @@ which is how the gateway's CallRecorder uses it off the request path.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -119,20 +120,39 @@ def audit_line(
     reason: str | None = None,
     at: float | None = None,
 ) -> str:
-    """One JSON line for one finished call at `at` (default now); values truncated, anything token-like redacted."""
-    entry: dict[str, Any] = {
-        "time": _rfc3339(time.time() if at is None else at),
+    """One JSON line for one finished call at `at` (default now); values truncated, anything token-like redacted.
+
+    The who-and-what part repeats from call to call, so its JSON is cached; the line is byte for byte what
+    json.dumps of the whole record gives.
+    """
+    try:
+        who = _who(subject, identity, method, model, version)
+    except TypeError:  # unhashable: a tensor or container where a name belongs (redacted by _text)
+        who = _who.__wrapped__(subject, identity, method, model, version)
+    line = (
+        f'{{"time":"{_rfc3339(time.time() if at is None else at)}",{who},'
+        f'"status":"{_status(status)}","latency_ms":{_dumps(_number(latency_ms))}'
+    )
+    if reason is not None:
+        line += f',"reason":{_dumps(_text(reason))}'
+    return line + "}\n"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=True)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: True and 1 must not share an entry
+def _who(subject: object, identity: object, method: object, model: object, version: object) -> str:
+    """The JSON members subject..version of an audit line, without braces."""
+    entry = {
         "subject": _text(subject),
         "identity": _text(identity),
         "method": _text(method),
         "model": _text(model),
         "version": _text(version),
-        "status": _status(status),
-        "latency_ms": _number(latency_ms),
     }
-    if reason is not None:
-        entry["reason"] = _text(reason)
-    return json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n"
+    return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))[1:-1]
 
 
 _SECOND: list[Any] = [-1, ""]
