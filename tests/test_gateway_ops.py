@@ -205,6 +205,8 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         # after SIGTERM, calls either completed or were refused cleanly (UNAVAILABLE), never half-answered
         assert all("UNAVAILABLE" in str(getattr(e, "status", lambda: "")()) for e in errors), errors
         assert b"draining" in proc.stderr.read()
+        ok = [r for r in env.audit_lines() if r["method"] == "grpc:ModelInfer" and r["status"] == "OK"]
+        assert len(ok) >= len(done) + 1, "every answered call has its audit line once the server has exited"
     finally:
         if proc.poll() is None:
             proc.kill()
