@@ -30,6 +30,7 @@ class ServerConfig:
     stream_deadline_s: float = 600.0
     drain_seconds: float = 10.0
     rest: bool = True
+    max_concurrent_requests: int = 1024  # per protocol; beyond it RESOURCE_EXHAUSTED / HTTP 429; 0: no limit
 
 
 @dataclass
@@ -130,6 +131,8 @@ class Config:
             raise ConfigError("[repository] latest must be >= 1")
         if self.repository.version_policy == "specific" and not self.repository.versions:
             raise ConfigError("[repository] versions must list at least one version for policy 'specific'")
+        if self.server.max_concurrent_requests < 0:
+            raise ConfigError("[server] max_concurrent_requests must be >= 0 (0: no limit)")
         if self.server.max_message_bytes < 1024:
             raise ConfigError("[server] max_message_bytes must be >= 1024")
         for alg in self.auth.algorithms:

@@ -89,6 +89,13 @@ class TooLarge(SealgateError):
     http_status = 413
 
 
+class Overloaded(SealgateError):
+    """More requests in progress than the server takes (`[server] max_concurrent_requests`)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+
+
 # --- auth -----------------------------------------------------------------------------------------
 class Unauthenticated(SealgateError):
     """No token, or a token that does not verify. `reason` feeds metrics, never the token itself."""

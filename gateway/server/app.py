@@ -100,11 +100,12 @@ class Gateway:
         self.manager.start()
         limit = cfg.server.max_message_bytes
         self._server = grpc.aio.server(
+            maximum_concurrent_rpcs=cfg.server.max_concurrent_requests or None,  # beyond: RESOURCE_EXHAUSTED
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 4 << 20)),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         peers = PeerCache()
         inference_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -127,7 +128,9 @@ class Gateway:
         await self._server.start()
         if cfg.server.rest:
             ctx = ssl_context_for_rest(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
-            self._rest = RestServer(cfg.server.rest_address, self.manager, self.guard, ctx, limit)
+            self._rest = RestServer(
+                cfg.server.rest_address, self.manager, self.guard, ctx, limit, cfg.server.max_concurrent_requests
+            )
             self.rest_port = self._rest.port
             self._rest.start()
         await self._sync_health()

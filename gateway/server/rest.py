@@ -19,7 +19,7 @@ import numpy as np
 
 from gateway.auth.peer import ANONYMOUS, peer_from_cert
 from gateway.backends.dtypes import BYTES, numpy_dtype
-from gateway.errors import InvalidInput, NotFound, TooLarge, http_status
+from gateway.errors import InvalidInput, NotFound, Overloaded, TooLarge, http_status
 from gateway.server.guard import Guard
 from gateway.serving.manager import ModelManager
 
@@ -115,9 +115,10 @@ class RestServer:
         guard: Guard,
         ssl_context: ssl.SSLContext | None,
         max_body_bytes: int,
+        max_concurrent: int = 0,
     ) -> None:
         host, _, port = address.rpartition(":")
-        handler = _make_handler(manager, guard, max_body_bytes)
+        handler = _make_handler(manager, guard, max_body_bytes, max_concurrent)
         self.httpd = _Server((host.strip("[]"), int(port)), handler)
         if ssl_context is not None:
             # the handshake runs in the request's thread (first read), so a slow client cannot stall accept()
@@ -135,7 +136,11 @@ class RestServer:
         self.httpd.server_close()
 
 
-def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    manager: ModelManager, guard: Guard, max_body: int, max_concurrent: int = 0
+) -> type[BaseHTTPRequestHandler]:
+    slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent > 0 else None
+
     class Handler(BaseHTTPRequestHandler):
         """One HTTP request; all errors become JSON {"error": ...} with the mapped status."""
 
@@ -177,8 +182,11 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
                 guard.recorder.flush()
                 self._send(200, guard.metrics.render(), "text/plain; version=0.0.4")
                 return
+            slot = self._take_slot()
             try:
                 with guard.call("rest", "GetModelStatus", self._peer()) as call:
+                    if not slot:
+                        raise self._overloaded()
                     name, version, verb = self._route()
                     if verb:
                         raise NotFound("use POST for :predict")
@@ -187,6 +195,19 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
                 self._send(200, doc)
             except Exception as exc:
                 self._error(exc)
+            finally:
+                self._give_slot(slot)
+
+        def _take_slot(self) -> bool:
+            """A place among the requests in progress; False when all are taken (the request gets 429)."""
+            return slots is None or slots.acquire(blocking=False)
+
+        def _give_slot(self, slot: bool) -> None:
+            if slot and slots is not None:
+                slots.release()
+
+        def _overloaded(self) -> Overloaded:
+            return Overloaded(f"server busy: more than {max_concurrent} requests in progress; retry later")
 
         def _status(self, name: str, version: int | None) -> dict[str, Any]:
             entries = [s for s in manager.status() if s.name == name and (version is None or s.version == version)]
@@ -208,8 +229,11 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
 
         def do_POST(self) -> None:
             self._consumed = False
+            slot = self._take_slot()
             try:
                 with guard.call("rest", "Predict", self._peer()) as call:
+                    if not slot:
+                        raise self._overloaded()
                     name, version, verb = self._route()
                     call.model = name
                     if not verb:
@@ -221,6 +245,8 @@ def _make_handler(manager: ModelManager, guard: Guard, max_body: int) -> type[Ba
                 self._send(200, doc)
             except Exception as exc:
                 self._error(exc)
+            finally:
+                self._give_slot(slot)
 
         def _unread_body(self) -> bool:
             """Whether this request came with a body that has not been read (refused before reading it)."""
