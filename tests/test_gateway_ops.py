@@ -210,3 +210,31 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_cancelled_fetch_is_audited_as_cancelled_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import grpc
+
+    from gateway.auth.tls import channel_credentials
+    from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
+
+    env = harness.make_env(tmp_path)
+    harness.seal_model(env, "big", 1, make_onnx_mlp(IN, (1024, 2048), 1, seed=2))  # ~8 MB: many 1 MiB chunks
+    creds = channel_credentials(env.certs / "ca.pem", env.certs / "client.pem", env.certs / "client.key")
+    md = (("authorization", "Bearer " + harness.token(env, "fetch:big")),)
+    with (
+        caplog.at_level("ERROR", logger="sealgate.server"),
+        GatewayThread(env.config) as gw,
+        grpc.secure_channel(f"127.0.0.1:{gw.grpc_port}", creds) as channel,
+    ):
+        stream = release_pb2_grpc.ReleaseStub(channel).Fetch(release_pb2.FetchRequest(name="big"), metadata=md)
+        assert next(stream).HasField("metadata")
+        stream.cancel()  # the client stops reading after the first message
+        deadline = time.time() + 10
+        while not (fetches := [r for r in env.audit_lines(gw) if r["method"] == "grpc:Fetch"]):
+            assert time.time() < deadline, "the cancelled Fetch was never recorded"
+            time.sleep(0.05)
+        assert [r["status"] for r in fetches] == ["CANCELLED"]
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]

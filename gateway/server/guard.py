@@ -53,6 +53,8 @@ class Call:
         if exc is not None:
             if isinstance(exc, SealgateError):
                 self.status, self.reason = exc.grpc_code, str(exc)
+            elif not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the client went away
+                self.status, self.reason = grpc.StatusCode.CANCELLED, "cancelled"
             else:
                 self.status, self.reason = grpc_status(exc)
                 log.error("unexpected error in %s %s", self.protocol, self.method, exc_info=exc)
