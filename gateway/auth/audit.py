@@ -47,31 +47,9 @@ class AuditLog:
             self._out = stream if stream is not None else sys.stderr
         self._path = path
 
-    def record(
-        self,
-        *,
-        subject: str | None,
-        identity: str | None,
-        method: str,
-        model: str | None,
-        version: str | int | None,
-        status: grpc.StatusCode | str,
-        latency_ms: float,
-        reason: str | None = None,
-    ) -> None:
-        """Write one line for one finished call now."""
-        self.write(
-            audit_line(
-                subject=subject,
-                identity=identity,
-                method=method,
-                model=model,
-                version=version,
-                status=status,
-                latency_ms=latency_ms,
-                reason=reason,
-            )
-        )
+    def record(self, **fields: Any) -> None:
+        """Write one line for one finished call now; `fields` are audit_line's (unknown ones: TypeError)."""
+        self.write(audit_line(**fields))
 
     def write(self, lines: str) -> None:
         """Append already formatted lines (from `audit_line`) in one write, and flush them."""
