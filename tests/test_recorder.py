@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -82,3 +83,27 @@ def test_metrics_histogram_and_counters_follow_prometheus_semantics(tmp_path: Pa
     assert abs(hist[("sealgate_request_latency_seconds_sum", None)] - sum(samples)) < 1e-9
     requests = {s.labels["status"]: s.value for s in families["sealgate_requests"].samples}
     assert requests == {"OK": 3, "INVALID_ARGUMENT": 1}
+
+
+class _FullDisk(io.StringIO):
+    """A stream that refuses writes until told otherwise, like a full file system."""
+
+    full = True
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_a_failed_write_is_counted_and_the_recorder_goes_on() -> None:
+    stream, metrics = _FullDisk(), Metrics()
+    recorder = CallRecorder(AuditLog(stream=stream), metrics, interval=3600)
+    for i in range(3):
+        recorder.record(_record(i))
+    assert recorder.flush() == 3
+    assert "sealgate_audit_records_lost_total 3.0" in metrics.render().decode()
+    stream.full = False
+    recorder.record(_record(7))
+    recorder.close()
+    assert [json.loads(line)["version"] for line in stream.getvalue().splitlines()] == ["7"]

@@ -66,7 +66,8 @@ class CallStats:
 
 
 class Metrics:
-    """Requests by model, version and status; latency histograms; loaded versions; auth failures by reason."""
+    """Requests by model, version and status; latency histograms; loaded versions; auth failures by reason;
+    audit records lost."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -76,6 +77,11 @@ class Metrics:
             "sealgate_auth_failures",
             "Refused calls by reason (missing, expired, audience, issuer, algorithm, scope, binding...).",
             ["reason"],
+            registry=self.registry,
+        )
+        self.audit_lost = Counter(
+            "sealgate_audit_records_lost",
+            "Audit records that could not be written (the log's file system refused them).",
             registry=self.registry,
         )
         self.loaded = Gauge(

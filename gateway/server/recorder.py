@@ -88,6 +88,7 @@ class CallRecorder:
             try:
                 self.audit.write("".join(lines))
             except OSError as exc:
+                self.metrics.audit_lost.inc(len(batch))
                 log.error("audit log write failed, %d record(s) lost: %s", len(batch), exc)
             return len(batch)
 
