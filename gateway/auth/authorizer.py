@@ -55,35 +55,38 @@ class Authorizer:
 
     def authenticate(self, metadata: Metadata, peer: PeerIdentity) -> Principal:
         """Verify the bearer token and its certificate binding; no scope check (for listings)."""
-        if self.revocation is not None:
-            self.revocation.check(peer)
-        claims = self.verifier.verify(bearer_token(metadata))
-        check_binding(claims, peer)
-        return _principal(claims, peer)
+        self._check_revoked(peer)
+        return _principal(self._verified(bearer_token(metadata), peer), peer)
 
     def authorize(self, metadata: Metadata, peer: PeerIdentity, action: str, model: str) -> Principal:
         """Authenticate, then require the scope for `action` on `model`.
 
-        Raises Unauthenticated (no/invalid token) or PermissionDenied (binding, scope).
+        Raises Unauthenticated (no/invalid token, revoked certificate) or PermissionDenied (binding, scope).
         """
-        if self.revocation is not None:
-            self.revocation.check(peer)
+        self._check_revoked(peer)
         token = bearer_token(metadata)
-        key = (token, peer.thumbprint, action, model)
+        key = (token, peer.thumbprint, action, model)  # the thumbprint names the certificate exactly
         generation = self.verifier.generation()
         hit = self._granted.get(key)
         if hit is not None and hit[2] == generation and hit[1] > time.time():
-            principal = hit[0]
-            if principal.identity == peer.name:
-                return principal
-        claims = self.verifier.verify(token)
-        check_binding(claims, peer)
+            return hit[0]
+        claims = self._verified(token, peer)
         principal = _principal(claims, peer)
         authorize(principal, action, model)
         if len(self._granted) >= self._cache_size:
             self._granted.clear()
         self._granted[key] = (principal, float(claims.exp), generation)
         return principal
+
+    def _check_revoked(self, peer: PeerIdentity) -> None:
+        if self.revocation is not None:
+            self.revocation.check(peer)
+
+    def _verified(self, token: str, peer: PeerIdentity) -> Claims:
+        """The token's verified claims, bound (if it says so) to this connection's certificate."""
+        claims = self.verifier.verify(token)
+        check_binding(claims, peer)
+        return claims
 
 
 def bearer_token(metadata: Metadata) -> str:
