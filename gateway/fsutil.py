@@ -16,6 +16,18 @@ from pathlib import Path
 from gateway.errors import ConfigError
 
 
+def file_stamp(path: Path, what: str = "file") -> tuple[int, int, int]:
+    """(mtime_ns, size, inode): changes when a file is rewritten or another is renamed into place.
+
+    ConfigError naming `what` when the file cannot be read; watchers of config files poll with this.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

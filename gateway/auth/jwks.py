@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import ssl
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ import jwt
 from jwt import PyJWK
 
 from gateway.errors import ConfigError
+from gateway.fsutil import file_stamp
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1 << 20
@@ -54,11 +54,7 @@ class FileJwks:
 
     def poll(self, last: Hashable | None) -> tuple[Hashable, bytes | None]:
         """The file's bytes if it changed since `last`."""
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise ConfigError(f"cannot stat JWKS {self.path}: {exc.strerror}") from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        stamp = file_stamp(self.path, "JWKS")
         if stamp == last:
             return stamp, None
         try:

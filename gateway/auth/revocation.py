@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography import x509
 
 from gateway.auth.peer import PeerIdentity
 from gateway.errors import ConfigError, Unauthenticated
+from gateway.fsutil import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class RevocationList:
         self.crl_path, self.ca_path = Path(crl), Path(ca)
         self._interval = reload_interval
         self._lock = threading.Lock()
-        self._stamp = self._file_stamp()
+        self._stamp = file_stamp(self.crl_path, "CRL")
         self._revoked = self._load()
         self._last_check = time.monotonic()
 
@@ -52,7 +52,7 @@ class RevocationList:
         with self._lock:
             self._last_check = time.monotonic()
             try:
-                stamp = self._file_stamp()
+                stamp = file_stamp(self.crl_path, "CRL")
                 if stamp == self._stamp:
                     return False
                 self._stamp = stamp
@@ -63,13 +63,6 @@ class RevocationList:
             self._revoked = revoked
             log.info("CRL %s reloaded: %d revoked certificate(s)", self.crl_path, len(revoked))
             return True
-
-    def _file_stamp(self) -> tuple[int, int, int]:
-        try:
-            st = os.stat(self.crl_path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read CRL {self.crl_path}: {exc.strerror}") from None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _load(self) -> frozenset[tuple[str, int]]:
         try:

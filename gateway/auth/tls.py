@@ -5,7 +5,6 @@ certificate files on the next handshake, without a restart; and client credentia
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.errors import ConfigError
+from gateway.fsutil import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,7 @@ class TlsFiles:
 
     def _stamp(self) -> Stamp:
         """(mtime_ns, size, inode) of each file: changes on rewrite and on rename-into-place."""
-        out = []
-        for path in (self.ca, self.cert, self.key):
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        return tuple(out)
+        return tuple(file_stamp(path, "TLS file") for path in (self.ca, self.cert, self.key))
 
     def _read(self) -> TlsMaterial:
         """Read the files and check that they parse and that the key belongs to the leaf certificate."""
