@@ -60,25 +60,6 @@ METHOD = "/test.Echo/Call"
 
 
 # --- fixtures -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The dev PKI, an extra client, and the JWT issuer with its JWKS."""
-    d = tmp_path_factory.mktemp("certs")
-    pki.write_dev_pki(d)
-    pki.add_client(d, "edge")
-    pki.write_jwt_issuer(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second, unrelated dev PKI (another CA) with its own issuer."""
-    d = tmp_path_factory.mktemp("other")
-    pki.write_dev_pki(d)
-    pki.write_jwt_issuer(d)
-    return d
-
-
 @pytest.fixture()
 def verifier(certs: Path) -> TokenVerifier:
     return TokenVerifier(certs / "jwks.json", issuer=pki.ISSUER, audience=pki.AUDIENCE)

@@ -60,23 +60,6 @@ class JwksServer:
         self.httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    pki.write_dev_pki(d)
-    pki.write_jwt_issuer(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def other(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another CA and another token issuer."""
-    d = tmp_path_factory.mktemp("other")
-    pki.write_dev_pki(d)
-    pki.write_jwt_issuer(d)
-    return d
-
-
 @pytest.fixture()
 def server(certs: Path) -> Iterator[JwksServer]:
     s = JwksServer(certs)
@@ -99,17 +82,17 @@ def _reason(v: TokenVerifier, token: str) -> str:
 
 
 def test_keys_from_url_and_rotation_on_unknown_kid(
-    certs: Path, other: Path, server: JwksServer, monkeypatch: pytest.MonkeyPatch
+    certs: Path, other_ca: Path, server: JwksServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     v = _verifier(server, certs)
-    old, new = _mint(certs), _mint(other, "bob")
+    old, new = _mint(certs), _mint(other_ca, "bob")
     assert v.verify(old).sub == "alice"
     assert server.requests == 1
     for _ in range(3):
         assert v.verify(old).sub == "alice"
     assert server.requests == 1, "verification never fetches on the request path"
 
-    server.body = (other / "jwks.json").read_bytes()  # the issuer rotates its key
+    server.body = (other_ca / "jwks.json").read_bytes()  # the issuer rotates its key
     monkeypatch.setattr(jwt_verify, "MIN_KID_REFRESH_S", 0.0)
     deadline = time.time() + 10
     while True:
@@ -135,11 +118,11 @@ def test_periodic_refresh_keeps_the_last_good_keys(certs: Path, server: JwksServ
     assert v.verify(token).sub == "alice", "the last good keys stay"
 
 
-def test_untrusted_or_unsafe_urls_are_refused(certs: Path, other: Path, server: JwksServer) -> None:
+def test_untrusted_or_unsafe_urls_are_refused(certs: Path, other_ca: Path, server: JwksServer) -> None:
     with pytest.raises(ConfigError, match="https"):
         TokenVerifier(None, pki.ISSUER, pki.AUDIENCE, jwks_url=server.url.replace("https", "http"))
     with pytest.raises(ConfigError, match="cannot fetch JWKS"):  # the server's certificate is from another CA
-        TokenVerifier(None, pki.ISSUER, pki.AUDIENCE, jwks_url=server.url, jwks_ca=other / "ca.pem")
+        TokenVerifier(None, pki.ISSUER, pki.AUDIENCE, jwks_url=server.url, jwks_ca=other_ca / "ca.pem")
     server.status, server.location = 302, "http://127.0.0.1:1/jwks.json"
     with pytest.raises(ConfigError, match="redirect"):
         _verifier(server, certs)

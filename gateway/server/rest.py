@@ -12,6 +12,7 @@ import logging
 import re
 import ssl
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from gateway.auth.peer import ANONYMOUS, peer_from_cert
 from gateway.backends.dtypes import BYTES, numpy_dtype
 from gateway.errors import InvalidInput, NotFound, Overloaded, TooLarge, http_status
-from gateway.server.guard import Guard
+from gateway.server.guard import Call, Guard
 from gateway.serving.manager import ModelManager
 
 log = logging.getLogger("sealgate.rest")
@@ -182,32 +183,30 @@ def _make_handler(
                 guard.recorder.flush()
                 self._send(200, guard.metrics.render(), "text/plain; version=0.0.4")
                 return
-            slot = self._take_slot()
+
+            def body(call: Call) -> dict[str, Any]:
+                name, version, verb = self._route()
+                if verb:
+                    raise NotFound("use POST for :predict")
+                guard.authorize(call, self.headers.items(), "infer", name)
+                return self._status(name, version)
+
+            self._serve("GetModelStatus", body)
+
+        def _serve(self, method: str, body: Callable[[Call], dict[str, Any]]) -> None:
+            """Run one request: a slot among those in progress, the guarded body, its JSON answer or error."""
+            slot = slots is None or slots.acquire(blocking=False)
             try:
-                with guard.call("rest", "GetModelStatus", self._peer()) as call:
+                with guard.call("rest", method, self._peer()) as call:
                     if not slot:
-                        raise self._overloaded()
-                    name, version, verb = self._route()
-                    if verb:
-                        raise NotFound("use POST for :predict")
-                    guard.authorize(call, self.headers.items(), "infer", name)
-                    doc = self._status(name, version)
+                        raise Overloaded(f"server busy: more than {max_concurrent} requests in progress; retry later")
+                    doc = body(call)
                 self._send(200, doc)
             except Exception as exc:
                 self._error(exc)
             finally:
-                self._give_slot(slot)
-
-        def _take_slot(self) -> bool:
-            """A place among the requests in progress; False when all are taken (the request gets 429)."""
-            return slots is None or slots.acquire(blocking=False)
-
-        def _give_slot(self, slot: bool) -> None:
-            if slot and slots is not None:
-                slots.release()
-
-        def _overloaded(self) -> Overloaded:
-            return Overloaded(f"server busy: more than {max_concurrent} requests in progress; retry later")
+                if slot and slots is not None:
+                    slots.release()
 
         def _status(self, name: str, version: int | None) -> dict[str, Any]:
             entries = [s for s in manager.status() if s.name == name and (version is None or s.version == version)]
@@ -229,24 +228,18 @@ def _make_handler(
 
         def do_POST(self) -> None:
             self._consumed = False
-            slot = self._take_slot()
-            try:
-                with guard.call("rest", "Predict", self._peer()) as call:
-                    if not slot:
-                        raise self._overloaded()
-                    name, version, verb = self._route()
-                    call.model = name
-                    if not verb:
-                        raise NotFound("POST needs the :predict verb")
-                    guard.authorize(call, self.headers.items(), "infer", name)
-                    body = self._body()
-                    used, doc = predict(manager, name, version, body)
-                    call.version = str(used)
-                self._send(200, doc)
-            except Exception as exc:
-                self._error(exc)
-            finally:
-                self._give_slot(slot)
+
+            def body(call: Call) -> dict[str, Any]:
+                name, version, verb = self._route()
+                call.model = name
+                if not verb:
+                    raise NotFound("POST needs the :predict verb")
+                guard.authorize(call, self.headers.items(), "infer", name)
+                used, doc = predict(manager, name, version, self._body())
+                call.version = str(used)
+                return doc
+
+            self._serve("Predict", body)
 
         def _unread_body(self) -> bool:
             """Whether this request came with a body that has not been read (refused before reading it)."""
