@@ -6,6 +6,11 @@ for each server, its process's CPU time per request (all threads, from /proc), a
 server runs in its own process; the load generator in this one.
 
     python bench/serve_bench.py [--seconds 5] [--concurrency 1 16 64] [--repeats 3] [--intra-op-threads 0]
+                                [--baseline-ref GIT_REF]
+
+With `--baseline-ref`, a third server runs in the same run: the gateway as it was at that commit (checked out
+into a temporary git worktree), so a change's cost is a ratio measured on the same machine at the same time
+("after / before" columns).
 
 Both servers get the same ONNX Runtime session options. With ORT's default (a spinning intra-op pool) that
 pool takes a core of its own; with `--intra-op-threads 1` both servers run about twice as fast on 2 cores and
@@ -106,6 +111,11 @@ def main() -> None:
         default=0,
         help="ONNX Runtime intra-op threads for both servers (0: ORT's default, as `sealgate serve` uses)",
     )
+    ap.add_argument(
+        "--baseline-ref",
+        default="",
+        help="also run the gateway of this git commit (a temporary worktree) and report after/before ratios",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-"))
     gw_port, rest_port, bare_port = free_loopback_port(), free_loopback_port(), free_loopback_port()
@@ -142,9 +152,35 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    servers = {"bare": (bare_port, bare), "gw": (gw_port, gw)}
+    baseline_tree: Path | None = None
+    if args.baseline_ref:
+        baseline_tree = work / "baseline-tree"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline_tree), args.baseline_ref],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        old_port, old_rest = free_loopback_port(), free_loopback_port()
+        old_toml = work / "baseline.toml"
+        old_toml.write_text(
+            (work / "sealgate.toml")
+            .read_text()
+            .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{old_port}")
+            .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{old_rest}")
+            .replace('path = "audit.log"', 'path = "baseline-audit.log"')
+        )
+        old = subprocess.Popen(
+            [py, "-m", "gateway.cli", "serve", "--config", str(old_toml)],
+            cwd=work,
+            env={**os.environ, "PYTHONPATH": str(baseline_tree)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        servers["before"] = (old_port, old)
     try:
-        wait_port(gw_port, gw)
-        wait_port(bare_port, bare)
+        for port, proc in servers.values():
+            wait_port(port, proc)
         time.sleep(1.0)
         print(
             f"64-256-256-1 MLP, batch 1, {args.seconds:.0f} s per point, median of {args.repeats}; "
@@ -154,11 +190,12 @@ def main() -> None:
             f"{'conc':>4} | {'bare rps':>9} {'p50 ms':>7} {'p99 ms':>7} {'cpu/req':>8} | {'gateway rps':>11} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'cpu/req':>8} | {'rps ratio':>9} {'p50 ratio':>9}"
         )
+        befores: list[str] = []
         for c in args.concurrency:
-            runs: dict[str, list[dict[str, float]]] = {"bare": [], "gw": []}
-            for _ in range(args.repeats):
-                runs["bare"].append(asyncio.run(load(bare_port, env, headers, c, args.seconds, bare.pid)))
-                runs["gw"].append(asyncio.run(load(gw_port, env, headers, c, args.seconds, gw.pid)))
+            runs: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
+            for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every server alike
+                for key, (port, proc) in servers.items():
+                    runs[key].append(asyncio.run(load(port, env, headers, c, args.seconds, proc.pid)))
             med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
             b, g = med["bare"], med["gw"]
             print(
@@ -166,13 +203,31 @@ def main() -> None:
                 f"{g['rps']:>11.0f} {g['p50_ms']:>7.2f} {g['p99_ms']:>7.2f} {g['cpu_us']:>6.0f}us | "
                 f"{g['rps'] / b['rps']:>9.2f} {g['p50_ms'] / b['p50_ms']:>9.2f}"
             )
+            if "before" in med:
+                o = med["before"]
+                befores.append(
+                    f"{c:>4} | {o['rps']:>11.0f} {o['p50_ms']:>7.2f} {o['cpu_us']:>6.0f}us | "
+                    f"{g['rps'] / o['rps']:>16.3f} {g['p50_ms'] / o['p50_ms']:>16.3f}"
+                )
+        if befores:
+            print(f"\nthis tree against the gateway at {args.baseline_ref} (same run, interleaved):")
+            head = f"{'conc':>4} | {'before rps':>11} {'p50 ms':>7} {'cpu/req':>8} |"
+            print(f"{head} {'rps after/before':>16} {'p50 after/before':>16}")
+            print("\n".join(befores))
     finally:
-        for p in (gw, bare):
+        for _, p in servers.values():
             p.terminate()
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if baseline_tree is not None:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
 
 if __name__ == "__main__":
