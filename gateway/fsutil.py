@@ -125,3 +125,23 @@ def write_secret(path: Path, data: bytes, force: bool = False) -> Path:
 def write_public(path: Path, data: bytes, force: bool = False) -> Path:
     """Write a public file (certificate, public key, JWKS) with mode 0644, atomically, no clobber."""
     return write_file(path, data, 0o644, force)
+
+
+def enter_private_cwd() -> Path:
+    """chdir() the process into a new, empty folder (0700, under the temp dir) and return its path.
+
+    Defence in depth for model loading: a relative path a model names (external data, a file op) resolves
+    there and reaches nothing. The folder is removed at exit if it is still empty.
+    """
+    import atexit
+
+    folder = Path(tempfile.mkdtemp(prefix="sealgate-cwd-")).resolve()
+    os.chmod(folder, 0o700)
+    os.chdir(folder)
+
+    def remove_if_empty() -> None:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+    atexit.register(remove_if_empty)
+    return folder

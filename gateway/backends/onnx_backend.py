@@ -1,25 +1,26 @@
 """ONNX Runtime backend: an InferenceSession built from bytes, so a decrypted model never touches disk.
 
-External weight files (`model.onnx.data`) are handed to ONNX Runtime from memory as well; a model
-whose external data is not among the opened files is refused rather than read from the filesystem.
+External weight files (`model.onnx.data`) are inlined from the artifact's in-memory files, and the model
+policy (onnx_policy) is checked on exactly the bytes ONNX Runtime then loads: no reference to a file is
+ever left for ONNX Runtime to resolve.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, ValueInfoProto
+from onnx import ModelProto, ValueInfoProto
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from gateway.backends.base import BackendConfig, TensorSpec
 from gateway.backends.dtypes import BYTES, numpy_dtype, v2_from_onnx
+from gateway.backends.onnx_policy import checked_model_bytes, inline_external_data, session_config
 from gateway.backends.validation import validate_inputs, validate_outputs
-from gateway.errors import InvalidInput, Unavailable, UnsafeArchive, UnsupportedFormat
+from gateway.errors import InvalidInput, Unavailable, UnsupportedFormat
 
 PLATFORM = "onnxruntime_onnx"
 CPU = "CPUExecutionProvider"
@@ -60,53 +61,17 @@ def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> lis
 
 
 def _session_options(config: BackendConfig) -> ort.SessionOptions:
-    """Session options that write nothing: no optimized-model file, no profiling."""
+    """Session options that read and write nothing on disk: no optimized-model file, no profiling, no
+    external data outside an empty private folder, no custom op libraries (none is ever registered).
+    """
     options = ort.SessionOptions()
+    for key, value in session_config().items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_profiling = False
     return options
-
-
-def _graph_tensors(graph: GraphProto) -> Iterator[TensorProto]:
-    """Every tensor a graph holds, subgraphs (If, Loop, Scan) included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.TENSOR:
-                yield attribute.t
-            elif attribute.type == AttributeProto.TENSORS:
-                yield from attribute.tensors
-            elif attribute.type == AttributeProto.GRAPH:
-                yield from _graph_tensors(attribute.g)
-            elif attribute.type == AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    yield from _graph_tensors(subgraph)
-
-
-def _external_locations(model: ModelProto) -> set[str]:
-    """The external-data file names the model refers to, as written in the model."""
-    locations: set[str] = set()
-    for tensor in _graph_tensors(model.graph):
-        if tensor.data_location == TensorProto.EXTERNAL:
-            entries = {entry.key: entry.value for entry in tensor.external_data}
-            locations.add(entries.get("location", ""))
-    return locations
-
-
-def _resolve_external(model_path: str, location: str, files: Mapping[str, bytes]) -> str:
-    """The opened file that holds one external-data location, which must stay inside the model."""
-    folder = posixpath.dirname(model_path)
-    joined = posixpath.normpath(posixpath.join(folder, location)) if location else ""
-    if not location or location.startswith("/") or "\\" in location or joined == ".." or joined.startswith("../"):
-        raise UnsafeArchive(f"{model_path}: external data location {location!r} leaves the model folder")
-    if joined not in files:
-        raise UnsupportedFormat(f"{model_path}: external data file {joined!r} is missing from the model")
-    return joined
 
 
 def _declared_ranks(model: ModelProto) -> dict[str, bool]:
@@ -211,18 +176,15 @@ def load_onnx(model_path: str, files: Mapping[str, bytes], config: BackendConfig
         proto.ParseFromString(data)
     except DecodeError:
         raise UnsupportedFormat(f"{model_path} is not an ONNX model (protobuf does not parse)") from None
-    locations = sorted(_external_locations(proto))
-    resolved = [_resolve_external(model_path, location, files) for location in locations]
+    inline_external_data(proto, model_path, files)
+    checked = checked_model_bytes(proto)  # the policy's check and ORT's input are the same bytes
     ranks = _declared_ranks(proto)
     del proto
 
     options = _session_options(config)
-    buffers = [files[path] for path in resolved]  # must stay alive until the session exists
-    if locations:
-        options.add_external_initializers_from_files_in_memory(locations, buffers, [len(buffer) for buffer in buffers])
     providers = resolve_providers(config.providers, ort.get_available_providers())
     try:
-        session = ort.InferenceSession(data, options, providers=providers)
+        session = ort.InferenceSession(checked, options, providers=providers)
     except _LOAD_ERRORS as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedFormat(f"ONNX Runtime cannot load {model_path}: {first_line}") from exc

@@ -18,6 +18,7 @@ import numpy as np
 
 from gateway.backends.base import BackendConfig, TensorSpec
 from gateway.backends.dtypes import BYTES, numpy_dtype, v2_from_tf
+from gateway.backends.tf_policy import check_saved_model
 from gateway.backends.validation import validate_inputs, validate_outputs
 from gateway.errors import InvalidInput, Unavailable, UnsupportedFormat
 
@@ -126,8 +127,9 @@ class TensorFlowModel:
 
 
 def load_tensorflow(files: Mapping[str, bytes], config: BackendConfig) -> TensorFlowModel:
-    """Load a SavedModel from the opened files through ram:// and take its serving signature."""
+    """Check the SavedModel against the op policy, then load it through ram:// and take its serving signature."""
     tf = _tensorflow()
+    check_saved_model(files)  # before anything of the model is unpacked or run
     _apply_threads(tf, config)
     root = f"{RAM_ROOT}/{uuid.uuid4().hex}"
     try:
