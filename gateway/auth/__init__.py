@@ -1,11 +1,13 @@
 """Authentication and authorization for the gateway: mTLS credentials, JWT verification with a token cache,
-scope policy, certificate-bound tokens, the audit log, and the dev PKI. Knows nothing of models.
+scope policy, client-certificate chain checks, certificate-bound tokens, the audit log, and the dev PKI.
+Knows nothing of models.
 """
 
 from gateway.auth.audit import AuditLog
 from gateway.auth.authorizer import Authorizer, Principal, bearer_token
+from gateway.auth.chain import ClientCertVerifier
 from gateway.auth.defaults import AUDIENCE, ISSUER, TRUST_DOMAIN
-from gateway.auth.jwt_verify import Claims, TokenVerifier
+from gateway.auth.jwt_verify import Claims, TokenVerifier, preparse
 from gateway.auth.peer import (
     ANONYMOUS,
     PeerIdentity,
@@ -26,6 +28,7 @@ __all__ = [
     "AuditLog",
     "Authorizer",
     "Claims",
+    "ClientCertVerifier",
     "PeerIdentity",
     "Principal",
     "TokenVerifier",
@@ -39,6 +42,7 @@ __all__ = [
     "peer_from_auth_context",
     "peer_from_cert",
     "peer_from_grpc_context",
+    "preparse",
     "server_credentials",
     "ssl_context_for_rest",
 ]

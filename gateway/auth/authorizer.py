@@ -1,4 +1,5 @@
-"""The one call a handler makes before serving: bearer token → verified claims → cnf binding → scope.
+"""The one call a handler makes before serving: client certificate chain → revocation → bearer token →
+verified claims → cnf binding → scope.
 
 Called from inside the handler (gRPC interceptors cannot see the client certificate); knows nothing of models
 beyond their names.
@@ -10,7 +11,9 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from gateway.auth.chain import ClientCertVerifier
 from gateway.auth.jwt_verify import Claims, TokenVerifier
 from gateway.auth.peer import PeerIdentity, check_binding
 from gateway.auth.policy import authorize, is_allowed
@@ -45,25 +48,45 @@ class Authorizer:
     """
 
     def __init__(
-        self, verifier: TokenVerifier, cache_size: int = 10_000, revocation: RevocationList | None = None
+        self,
+        verifier: TokenVerifier,
+        cache_size: int = 10_000,
+        revocation: RevocationList | None = None,
+        client_ca: Path | None = None,
     ) -> None:
-        """Wrap a TokenVerifier (shared, with its cache) and, optionally, the client CA's revocation list."""
+        """Wrap a TokenVerifier (shared, with its cache), optionally the client CA's revocation list, and the
+        client CA bundle (`[tls] ca`) against which every client certificate's chain is verified."""
         self.verifier = verifier
         self.revocation = revocation
+        self.chain = ClientCertVerifier(Path(client_ca)) if client_ca is not None else None
         self._granted: dict[tuple[str, str | None, str, str], tuple[Principal, float, int]] = {}
         self._cache_size = max(1, cache_size)
 
+    def check_peer(self, peer: PeerIdentity) -> None:
+        """Refuse a client certificate that does not verify (reason "certificate") or is revoked ("revoked").
+
+        The only check of a public call (health, reflection), and the first one of every other call; a
+        certificate seen before costs a dict lookup.
+        """
+        if self.chain is not None:
+            ids = self.chain.chain_ids(peer)
+            if self.revocation is not None:
+                self.revocation.check_chain(ids)
+        elif self.revocation is not None:
+            self.revocation.check(peer)
+
     def authenticate(self, metadata: Metadata, peer: PeerIdentity) -> Principal:
         """Verify the bearer token and its certificate binding; no scope check (for listings)."""
-        self._check_revoked(peer)
+        self.check_peer(peer)
         return _principal(self._verified(bearer_token(metadata), peer), peer)
 
     def authorize(self, metadata: Metadata, peer: PeerIdentity, action: str, model: str) -> Principal:
         """Authenticate, then require the scope for `action` on `model`.
 
-        Raises Unauthenticated (no/invalid token, revoked certificate) or PermissionDenied (binding, scope).
+        Raises Unauthenticated (certificate refused or revoked, no/invalid token) or PermissionDenied (binding,
+        scope).
         """
-        self._check_revoked(peer)
+        self.check_peer(peer)
         token = bearer_token(metadata)
         key = (token, peer.thumbprint, action, model)  # the thumbprint names the certificate exactly
         generation = self.verifier.generation()
@@ -77,10 +100,6 @@ class Authorizer:
             self._granted.clear()
         self._granted[key] = (principal, float(claims.exp), generation)
         return principal
-
-    def _check_revoked(self, peer: PeerIdentity) -> None:
-        if self.revocation is not None:
-            self.revocation.check(peer)
 
     def _verified(self, token: str, peer: PeerIdentity) -> Claims:
         """The token's verified claims, bound (if it says so) to this connection's certificate."""

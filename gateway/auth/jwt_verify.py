@@ -7,8 +7,13 @@ Tokens are never logged, and never part of an error message.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -26,7 +31,18 @@ from gateway.errors import ConfigError, Unauthenticated
 log = logging.getLogger(__name__)
 
 REASONS = frozenset(
-    {"missing", "malformed", "expired", "audience", "issuer", "algorithm", "unknown_kid", "signature", "claims"}
+    {
+        "missing",
+        "malformed",
+        "expired",
+        "audience",
+        "issuer",
+        "algorithm",
+        "unknown_kid",
+        "signature",
+        "claims",
+        "lifetime",
+    }
 )
 DEFAULT_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 # Asymmetric only: HS* (a public key used as an HMAC secret) and `none` can never be enabled.
@@ -37,6 +53,71 @@ REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 FILE_RELOAD_S = 1.0
 URL_RELOAD_S = 300.0
 MIN_KID_REFRESH_S = 10.0
+MAX_HEADER_CHARS = 1024  # base64url characters of the JOSE header
+MAX_INT_DIGITS = 32
+DEFAULT_MAX_LIFETIME_S = 86_400  # exp - iat above this is refused; 0: unlimited
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")  # base64url, no padding (RFC 7515 §2)
+
+
+def preparse(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (header, payload) JSON objects of a compact JWS, parsed strictly before PyJWT sees the token.
+
+    Refuses, with Unauthenticated (reason "malformed") and nothing else, anything but three base64url
+    segments within the size bounds whose first two decode to UTF-8 JSON objects with no duplicate key at
+    any depth (PyJWT and `json` keep the last of two "scope" keys), no NaN/Infinity and no number too big.
+    """
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        raise Unauthenticated("malformed bearer token", reason="malformed")
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[0]) > MAX_HEADER_CHARS or not all(_SEGMENT.fullmatch(p) for p in parts):
+        raise Unauthenticated("malformed bearer token", reason="malformed")
+    return _json_object(parts[0], "header"), _json_object(parts[1], "payload")
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    """Decode one base64url segment as a strict JSON object; Unauthenticated("malformed") on any fault."""
+    try:
+        raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except (ValueError, RecursionError, binascii.Error):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise Unauthenticated(f"malformed bearer token ({what})", reason="malformed") from None
+    if not isinstance(value, dict):
+        raise Unauthenticated(f"malformed bearer token ({what} is not a JSON object)", reason="malformed")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a JSON object whose keys are all distinct, else ValueError."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("duplicate key")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """parse_constant: NaN, Infinity and -Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded_int(text: str) -> int:
+    """parse_int: an integer of at most MAX_INT_DIGITS digits (claims are times and small counts)."""
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError("number out of range")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    """parse_float: a float that stays finite (1e400 is refused, not read as infinity)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +156,15 @@ class TokenVerifier:
         *,
         jwks_url: str | None = None,
         jwks_ca: Path | None = None,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME_S,
     ) -> None:
         """Load the keys now (ConfigError if unusable); refuse any algorithm outside SAFE_ALGORITHMS.
 
         Keys come from `jwks_url` (HTTPS, checked against `jwks_ca` or the system roots) when given, else
         from the file `jwks_path`. `reload_interval` (default 1 s for a file, 300 s for a URL) is how often
         the source is checked; a URL is fetched in the background, never on a request, and sooner when a
-        token names an unknown kid (at most every MIN_KID_REFRESH_S).
+        token names an unknown kid (at most every MIN_KID_REFRESH_S). A token whose exp - iat, or exp - now,
+        exceeds `max_lifetime` seconds is refused (reason "lifetime"); 0 means no limit.
         """
         unsafe = sorted(set(algorithms) - SAFE_ALGORITHMS)
         if unsafe or not algorithms:
@@ -98,6 +181,9 @@ class TokenVerifier:
         self._audience = audience if isinstance(audience, str) else list(audience)
         self._algorithms = tuple(algorithms)
         self._leeway = float(leeway)
+        if max_lifetime < 0:
+            raise ConfigError("the maximum token lifetime must be >= 0 (0: unlimited)")
+        self._max_lifetime = float(max_lifetime)
         self._cache_size = max(1, int(cache_size))
         if reload_interval is None:
             reload_interval = URL_RELOAD_S if self._source.remote else FILE_RELOAD_S
@@ -240,9 +326,9 @@ class TokenVerifier:
         with self._lock:
             self.stats.verifications += 1
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise self._refuse("malformed bearer token", "malformed") from None
+            header, _ = preparse(token)
+        except Unauthenticated as exc:
+            raise self._refuse(str(exc), "malformed") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise self._refuse("token algorithm not allowed", "algorithm")
@@ -272,7 +358,21 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             message, reason = _classify(exc)
             raise self._refuse(message, reason) from None
-        return self._claims(decoded["payload"])
+        payload = decoded["payload"]
+        self._check_lifetime(payload)
+        return self._claims(payload)
+
+    def _check_lifetime(self, payload: dict[str, Any]) -> None:
+        """Refuse (reason "lifetime") a token valid for longer than the configured maximum."""
+        if not self._max_lifetime:
+            return
+        exp, iat = payload.get("exp"), payload.get("iat")
+        if isinstance(exp, bool) or isinstance(iat, bool) or not isinstance(exp, int | float):
+            raise self._refuse("token expiry invalid", "claims")
+        if not isinstance(iat, int | float):
+            raise self._refuse("token issue time invalid", "claims")
+        if exp - iat > self._max_lifetime or exp - time.time() > self._max_lifetime + self._leeway:
+            raise self._refuse(f"token lifetime exceeds {int(self._max_lifetime)} s", "lifetime")
 
     def _claims(self, payload: dict[str, Any]) -> Claims:
         """Build Claims, refusing (reason "claims") wrongly typed sub, exp, scope or cnf."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -26,6 +26,7 @@ class PeerIdentity:
     thumbprint: str | None
     serial: int | None = None  # with `issuer`, what a CRL names
     issuer: str = ""
+    certificate: x509.Certificate | None = field(default=None, repr=False, compare=False)  # for chain checks
 
     @property
     def name(self) -> str | None:
@@ -55,6 +56,7 @@ def peer_from_cert(cert: bytes | str | None) -> PeerIdentity:
         thumbprint=b64url(hashlib.sha256(der).digest()),
         serial=parsed.serial_number,
         issuer=parsed.issuer.rfc4514_string(),
+        certificate=parsed,
     )
 
 

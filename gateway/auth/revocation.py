@@ -1,4 +1,5 @@
-"""Client-certificate revocation: the CA's CRL, checked on every authorized call.
+"""Client-certificate revocation: the CA's CRL, checked on every authorized call for each certificate of
+the client's verified chain (the leaf, and its issuer when that is an intermediate of the bundle).
 
 gRPC Python has no CRL hook in its TLS credentials, so revocation is enforced where the call is
 authorized, which also gives a refusal its status code (UNAUTHENTICATED), audit line and metric. The CRL
@@ -12,6 +13,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -46,6 +48,15 @@ class RevocationList:
             self.reload()
         if peer.serial is not None and (peer.issuer, peer.serial) in self._revoked:
             raise Unauthenticated("client certificate revoked", reason="revoked")
+
+    def check_chain(self, ids: Iterable[tuple[str, int]]) -> None:
+        """Raise Unauthenticated (reason "revoked") if any (issuer, serial) of a verified chain is on the list."""
+        if time.monotonic() - self._last_check >= self._interval:
+            self.reload()
+        revoked = self._revoked
+        for entry in ids:
+            if entry in revoked:
+                raise Unauthenticated("client certificate revoked", reason="revoked")
 
     def reload(self) -> bool:
         """Re-read the CRL if the file changed; returns whether the list was replaced."""
