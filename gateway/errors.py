@@ -44,8 +44,19 @@ class UnsafeArchive(ArtifactError):
     """The packed model holds absolute paths, '..', links, devices, or exceeds size limits."""
 
 
+class UnsafeModel(ArtifactError):
+    """The model itself breaks the model policy (docs/MODEL_POLICY.md): external data, a custom or host op."""
+
+
 class MetadataMismatch(ArtifactError):
     """The signed content disagrees with the header (name, version)."""
+
+
+class NotServable(NotARecipient):
+    """A push the gateway cannot open (sealed for other recipients) without an explicit `store_only`."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 412
 
 
 class SignatureError(ArtifactError):
@@ -87,6 +98,13 @@ class TooLarge(SealgateError):
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 413
+
+
+class StreamTimeout(SealgateError):
+    """A stream that sent its first message or its whole content too late."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 408
 
 
 class Overloaded(SealgateError):
@@ -137,15 +155,34 @@ class GateFailed(SealgateError):
     http_status = 412
 
 
+CLIP_MARK = "…"
+MAX_MESSAGE_CHARS = 512  # backstop for any message sent to a client; echoes inside are clipped to 128 first
+
+
+def clip(text: object, limit: int = 128) -> str:
+    """`str(text)` with control and other unprintable characters escaped, cut to `limit` characters + "…".
+
+    Every echo of client input in an error message or a log line goes through here, so a 100 KB name or a
+    newline can neither bloat a status message nor forge a log line.
+    """
+    raw = text if isinstance(text, str) else str(text)
+    head = raw[: limit + 1]
+    if not head.isprintable():
+        head = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in head)
+    if len(raw) > limit or len(head) > limit:
+        return head[:limit] + CLIP_MARK
+    return head
+
+
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Map any exception to (code, client-safe message); unexpected errors reveal nothing."""
     if isinstance(exc, SealgateError):
-        return exc.grpc_code, str(exc)
+        return exc.grpc_code, clip(exc, MAX_MESSAGE_CHARS)
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
 def http_status(exc: BaseException) -> tuple[int, str]:
     """Map any exception to (HTTP status, client-safe message)."""
     if isinstance(exc, SealgateError):
-        return exc.http_status, str(exc)
+        return exc.http_status, clip(exc, MAX_MESSAGE_CHARS)
     return 500, "internal error"

@@ -31,6 +31,7 @@ def _lines(path: Path) -> list[dict[str, object]]:
 def test_every_record_from_many_threads_is_written_once_in_order(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     metrics = Metrics()
+    metrics.loaded.labels("mlp", "SERVING").set(1)  # as the manager reports it: a known model gets its label
     with AuditLog(path) as audit:
         recorder = CallRecorder(audit, metrics, interval=0.001)  # the writer thread races the producers
 
@@ -70,6 +71,7 @@ def test_writer_thread_writes_without_a_flush(tmp_path: Path) -> None:
 
 def test_metrics_histogram_and_counters_follow_prometheus_semantics(tmp_path: Path) -> None:
     metrics = Metrics()
+    metrics.loaded.labels("mlp", "SERVING").set(1)
     samples = [LATENCY_BUCKETS[0], 0.0003, 0.0003, 7.0]  # on a bound (le is inclusive), inside, beyond the last
     for i, s in enumerate(samples):
         metrics.observe("grpc", "ModelInfer", "mlp", "1", "OK" if i else "INVALID_ARGUMENT", s)

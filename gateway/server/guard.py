@@ -2,7 +2,8 @@
 
 Knows nothing of models beyond their names. The status recorded is the one the client receives; an
 unexpected exception is logged here (server side, with its traceback) and reaches the client only as
-"internal error".
+"internal error". Streams are admitted on their metadata (authenticated, then given a concurrency slot)
+before any message is read, so a caller without a valid token holds nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +16,19 @@ import grpc
 
 from gateway.auth.authorizer import Authorizer, Metadata, Principal
 from gateway.auth.peer import PeerIdentity
-from gateway.errors import PermissionDenied, SealgateError, Unauthenticated, grpc_status
+from gateway.errors import (
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    SealgateError,
+    Unauthenticated,
+    clip,
+    grpc_status,
+)
+from gateway.server.limits import Slots, slot_key
 from gateway.server.recorder import CallRecord, CallRecorder
+from gateway.serving.repository import NAME_PATTERN
 
 log = logging.getLogger("sealgate.server")
 
@@ -84,17 +96,63 @@ class Guard:
         self.metrics = recorder.metrics
 
     def authorize(self, call: Call, metadata: Metadata, action: str | None, model: str = "") -> Principal:
-        """Authenticate the call's token and, with an action, require its scope on `model`."""
+        """Authenticate the call's token and, with an action, require its scope on `model`.
+
+        A name no model can have (see repository.NAME_PATTERN) is authenticated only, then NotFound
+        (InvalidInput for a release): it never reaches the scope check or its cache, whatever its size.
+        """
         call.model = model or call.model
         try:
             if action is None:
                 call.principal = self.authorizer.authenticate(metadata, call.peer)
+            elif not NAME_PATTERN.fullmatch(model):
+                call.principal = self.authorizer.authenticate(metadata, call.peer)
+                if action == "release":  # a new name is being chosen: say what a valid one is
+                    raise InvalidInput(
+                        f"invalid model name '{clip(model)}': use 1-64 characters of A-Z a-z 0-9 . _ - "
+                        "starting with a letter or digit"
+                    )
+                raise NotFound(f"model '{clip(model)}' not found")
             else:
                 call.principal = self.authorizer.authorize(metadata, call.peer, action, model)
         except (Unauthenticated, PermissionDenied) as exc:
             self.metrics.auth_failures.labels(exc.reason).inc()
             raise
         return call.principal
+
+    def check_peer(self, call: Call) -> None:
+        """The only check of a public call (health, reflection, OIP live/ready): the client certificate
+        verifies and is not revoked; a refusal is counted by reason and recorded with the call."""
+        try:
+            self.authorizer.check_peer(call.peer)
+        except Unauthenticated as exc:
+            self.metrics.auth_failures.labels(exc.reason).inc()
+            raise
+
+    def admit(self, call: Call, metadata: Metadata, slots: Slots, action: str | None = None, model: str = "") -> str:
+        """Authorize `call` (as `authorize`), then take one of `slots` for its caller; returns the slot key.
+
+        The caller releases the slot (`slots.release(key)`) when the call or stream ends. Overloaded when the
+        total or the caller's own share is used up; nothing is held when authorization fails.
+        """
+        principal = self.authorize(call, metadata, action, model)
+        key = slot_key(call.peer, principal)
+        if not slots.acquire(key):
+            raise Overloaded(slots.refusal(key))
+        return key
+
+    def open_stream(self, protocol: str, method: str, peer: PeerIdentity, metadata: Metadata, slots: Slots) -> str:
+        """Admit a stream on its metadata, before its first message: authenticate, take a slot; the slot key.
+
+        Only a refusal is recorded here (audited, counted); each request of an admitted stream is recorded
+        on its own. The caller releases the slot when the stream ends.
+        """
+        call = Call(self.recorder, protocol, method, peer)
+        try:
+            return self.admit(call, metadata, slots)
+        except BaseException as exc:
+            call.__exit__(type(exc), exc, exc.__traceback__)
+            raise
 
     def call(self, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> Call:
         """A Call to run a body in (`with guard.call(...) as call:`); records it however it ends."""

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from gateway import versions
 from gateway.auth.peer import PeerIdentity, peer_from_auth_context
-from gateway.errors import InvalidInput, grpc_status
+from gateway.errors import SealgateError, grpc_status
 from gateway.protos.inference import grpc_service_pb2 as pb
 from gateway.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.server.guard import Call, Guard
-from gateway.server.tensors import decode_inputs, encode_outputs
+from gateway.server.limits import Slots
+from gateway.server.tensors import decode_inputs, decode_off_loop, encode_outputs
 from gateway.serving.manager import ModelManager
 
 SERVER_NAME = "sealgate"
@@ -48,35 +50,46 @@ class PeerCache:
 
 
 def parse_version(text: str) -> int | None:
-    """'' means the default version; otherwise a positive integer."""
+    """'' means the default version; otherwise the one version rule (gateway.versions): 1-18 ASCII digits, >= 1."""
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model_version must be a positive integer, got {text!r}")
-    return int(text)
+    return versions.parse_version(text, field="model_version")
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    """The V2 inference service in front of the model manager."""
+    """The V2 inference service in front of the model manager.
 
-    def __init__(self, manager: ModelManager, guard: Guard, peers: PeerCache | None = None) -> None:
+    Every method authenticates (and, for a model, authorizes) first, then takes one of `slots` for the
+    caller's certificate, then reads the request's fields; a stream does so on its metadata before its
+    first message and holds its slot until it ends.
+    """
+
+    def __init__(
+        self, manager: ModelManager, guard: Guard, peers: PeerCache | None = None, slots: Slots | None = None
+    ) -> None:
         self.manager = manager
         self.guard = guard
         self.peers = peers or PeerCache()
+        self.slots = slots if slots is not None else Slots(0, 0)
 
     async def _handle(
         self,
         method: str,
         context: grpc.aio.ServicerContext,
+        action: str | None,
         model: str,
         body: Callable[[Call], T | Awaitable[T]],
     ) -> T:
-        """Run `body` inside the guard; map any error to its status code and a one-line message."""
+        """Authorize `action` on `model`, hold a slot, run `body`; map any error to its code and a one-line message."""
         try:
             with self.guard.call("grpc", method, self.peers.get(context), model) as call:
-                result = body(call)
-                if asyncio.iscoroutine(result):
-                    result = await result
+                key = self.guard.admit(call, context.invocation_metadata(), self.slots, action, model)
+                try:
+                    result = body(call)
+                    if asyncio.iscoroutine(result):
+                        result = await result
+                finally:
+                    self.slots.release(key)
                 return result  # type: ignore[return-value]
         except Exception as exc:
             code, message = grpc_status(exc)
@@ -84,44 +97,44 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         raise AssertionError("unreachable")  # context.abort always raises
 
     # --- server-level ---------------------------------------------------------------------------
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
-        def body(call: Call) -> pb.ServerLiveResponse:
-            self.guard.authorize(call, context.invocation_metadata(), None)
-            return pb.ServerLiveResponse(live=True)
+    async def _public(self, method: str, context: grpc.aio.ServicerContext, answer: Callable[[], T]) -> T:
+        """A public call (OIP live/ready, for probes and balancers): no token, only the certificate check."""
+        try:
+            with self.guard.call("grpc", method, self.peers.get(context)) as call:
+                self.guard.check_peer(call)
+                return answer()
+        except Exception as exc:
+            code, message = grpc_status(exc)
+        await context.abort(code, message)
+        raise AssertionError("unreachable")  # context.abort always raises
 
-        return await self._handle("ServerLive", context, "", body)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return await self._public("ServerLive", context, lambda: pb.ServerLiveResponse(live=True))
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        def body(call: Call) -> pb.ServerReadyResponse:
-            self.guard.authorize(call, context.invocation_metadata(), None)
-            return pb.ServerReadyResponse(ready=self.manager.ready())
-
-        return await self._handle("ServerReady", context, "", body)
+        return await self._public("ServerReady", context, lambda: pb.ServerReadyResponse(ready=self.manager.ready()))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         def body(call: Call) -> pb.ServerMetadataResponse:
-            self.guard.authorize(call, context.invocation_metadata(), None)
             return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS))
 
-        return await self._handle("ServerMetadata", context, "", body)
+        return await self._handle("ServerMetadata", context, None, "", body)
 
     # --- model-level ----------------------------------------------------------------------------
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         def body(call: Call) -> pb.ModelReadyResponse:
-            self.guard.authorize(call, context.invocation_metadata(), "infer", request.name)
             version = parse_version(request.version)
             try:
                 served = self.manager.get(request.name, version)
-            except Exception:
+            except SealgateError:
                 return pb.ModelReadyResponse(ready=False)
             call.version = str(served.version)
             return pb.ModelReadyResponse(ready=True)
 
-        return await self._handle("ModelReady", context, request.name, body)
+        return await self._handle("ModelReady", context, "infer", request.name, body)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         def body(call: Call) -> pb.ModelMetadataResponse:
-            self.guard.authorize(call, context.invocation_metadata(), "infer", request.name)
             served = self.manager.get(request.name, parse_version(request.version))
             call.version = str(served.version)
             model = served.model
@@ -134,23 +147,30 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[meta(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.outputs],
             )
 
-        return await self._handle("ModelMetadata", context, request.name, body)
+        return await self._handle("ModelMetadata", context, "infer", request.name, body)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         # the hot path: written out rather than through _handle (no closure, no coroutine check)
         try:
             with self.guard.call("grpc", "ModelInfer", self.peers.get(context), request.model_name) as call:
-                return await self._infer(call, request, context.invocation_metadata())
+                key = self.guard.admit(call, context.invocation_metadata(), self.slots, "infer", request.model_name)
+                try:
+                    return await self._infer(call, request)
+                finally:
+                    self.slots.release(key)
         except Exception as exc:
             code, message = grpc_status(exc)
         await context.abort(code, message)
         raise AssertionError("unreachable")  # context.abort always raises
 
-    async def _infer(self, call: Call, request: pb.ModelInferRequest, metadata: Any) -> pb.ModelInferResponse:
-        self.guard.authorize(call, metadata, "infer", request.model_name)
+    async def _infer(self, call: Call, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Run one authorized request: resolve the version, decode (off the loop when large), infer, encode."""
         served = self.manager.get(request.model_name, parse_version(request.model_version))
         call.version = version = str(served.version)
-        inputs = decode_inputs(request)
+        if decode_off_loop(request):
+            inputs = await asyncio.to_thread(decode_inputs, request)
+        else:
+            inputs = decode_inputs(request)
         requested = [o.name for o in request.outputs] if request.outputs else None
         model = served.model
         if model.platform.startswith("onnx"):
@@ -162,21 +182,36 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
-        """Bidirectional streaming inference: each request answered in order; errors reported in-stream."""
+        """Bidirectional streaming inference: each request answered in order; errors reported in-stream.
+
+        The stream is authenticated on its metadata before its first message is read (no token, a bad one
+        or a revoked certificate: UNAUTHENTICATED at once, audited) and then holds one slot of its caller
+        until it ends; each request is then authorized for its own model.
+        """
         metadata = context.invocation_metadata()
-        peer = self.peers.get(context)
-        async for request in request_iterator:
-            try:
-                with self.guard.call("grpc", "ModelStreamInfer", peer, request.model_name) as call:
-                    response = await self._infer(call, request, metadata)
-                yield pb.ModelStreamInferResponse(infer_response=response)
-            except Exception as exc:
-                _, message = grpc_status(exc)
-                yield pb.ModelStreamInferResponse(error_message=message)
+        try:
+            peer = self.peers.get(context)
+            key = self.guard.open_stream("grpc", "ModelStreamInfer", peer, metadata, self.slots)
+        except Exception as exc:
+            code, message = grpc_status(exc)
+            await context.abort(code, message)
+        try:
+            async for request in request_iterator:
+                try:
+                    with self.guard.call("grpc", "ModelStreamInfer", peer, request.model_name) as call:
+                        self.guard.authorize(call, metadata, "infer", request.model_name)
+                        response = await self._infer(call, request)
+                    yield pb.ModelStreamInferResponse(infer_response=response)
+                except Exception as exc:
+                    _, message = grpc_status(exc)
+                    yield pb.ModelStreamInferResponse(error_message=message)
+        finally:
+            self.slots.release(key)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         def body(call: Call) -> pb.RepositoryIndexResponse:
-            principal = self.guard.authorize(call, context.invocation_metadata(), None)
+            principal = call.principal
+            assert principal is not None  # set by admit
             index = pb.RepositoryIndexResponse.ModelIndex
             models = []
             for st in self.manager.status():
@@ -189,4 +224,4 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 models.append(index(name=st.name, version=str(st.version), state=st.state.name, reason=st.reason))
             return pb.RepositoryIndexResponse(models=models)
 
-        return await self._handle("RepositoryIndex", context, "", body)
+        return await self._handle("RepositoryIndex", context, None, "", body)

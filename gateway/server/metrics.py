@@ -4,20 +4,58 @@ Per-call figures (requests, latency) are kept in plain dicts by `CallStats` and 
 collector: updating a prometheus_client Counter and Histogram child costs ~10 µs per call (label lookup,
 locks, a Python loop over the buckets), a dict update and a bisect about 1 µs. Rare events (auth failures,
 loaded versions) use prometheus_client's own Counter and Gauge.
+
+Label values are bounded whatever clients send: a model label only for a model the manager knows (read
+from the `loaded` gauge the manager keeps current), every other name under OTHER; protocol, method and
+status from fixed sets; a version label only beside a known model.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 REQUEST_LABELS = ("protocol", "method", "model", "version", "status")
 LATENCY_LABELS = ("protocol", "method", "model")
+OTHER = "_other"  # the one label of every model name, method or protocol outside the known sets
+PROTOCOLS = frozenset({"grpc", "rest", "metrics"})
+METHODS = frozenset(
+    {
+        "ServerLive",
+        "ServerReady",
+        "ServerMetadata",
+        "ModelReady",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelStreamInfer",
+        "RepositoryIndex",
+        "Push",
+        "Fetch",
+        "List",
+        "Rollback",
+        "Predict",
+        "GetModelStatus",
+        "Metrics",
+        "Health",
+        "Health.Check",
+        "Health.Watch",
+        "Reflection.Info",
+        "Scrape",
+        "http-parse",
+        "connection",
+        "tls-handshake",
+    }
+)
+STATUSES = frozenset(code.name for code in grpc.StatusCode)
+MAX_VERSION_LABEL = 18  # digits: the version rule of gateway.versions
+MODELS_REFRESH_S = 0.2  # how stale the set of known model names may get
 
 
 class CallStats:
@@ -84,16 +122,54 @@ class Metrics:
             "Audit records that could not be written (the log's file system refused them).",
             registry=self.registry,
         )
+        self.audit_suppressed = Counter(
+            "sealgate_audit_records_suppressed",
+            "Refusal audit records dropped by the per-(status, peer) rate bound (still counted in requests).",
+            registry=self.registry,
+        )
         self.loaded = Gauge(
             "sealgate_model_versions_loaded",
             "Versions loaded per model and state.",
             ["model", "state"],
             registry=self.registry,
         )
+        self._models: frozenset[str] = frozenset()
+        self._models_at = 0.0
+        self._models_lock = threading.Lock()
+
+    def known_models(self, max_age: float = MODELS_REFRESH_S) -> frozenset[str]:
+        """Names of the models the manager reports (any version in any state), re-read if older than `max_age`."""
+        now = time.monotonic()
+        if now - self._models_at > max_age:
+            with self._models_lock:
+                names = {
+                    sample.labels["model"]
+                    for family in self.loaded.collect()
+                    for sample in family.samples
+                    if sample.value > 0
+                }
+                self._models, self._models_at = frozenset(names), now
+        return self._models
+
+    def labels(
+        self, protocol: str, method: str, model: str, version: str, status: str
+    ) -> tuple[str, str, str, str, str]:
+        """Bounded label values for one call: unknown names fold into OTHER, a version only beside a known model."""
+        if model and model not in self._models and model not in self.known_models(MODELS_REFRESH_S / 4):
+            model, version = OTHER, ""
+        if version and (len(version) > MAX_VERSION_LABEL or not version.isascii() or not version.isdigit()):
+            version = ""
+        return (
+            protocol if protocol in PROTOCOLS else OTHER,
+            method if method in METHODS else OTHER,
+            model,
+            version,
+            status if status in STATUSES else OTHER,
+        )
 
     def observe(self, protocol: str, method: str, model: str, version: str, status: str, seconds: float) -> None:
-        """Count one finished call and its latency."""
-        self.calls.observe(protocol, method, model, version, status, seconds)
+        """Count one finished call and its latency, under bounded labels."""
+        self.calls.observe(*self.labels(protocol, method, model, version, status), seconds)
 
     def render(self) -> bytes:
         """The text exposition format, for GET /metrics."""

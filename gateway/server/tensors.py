@@ -1,12 +1,12 @@
 """Open Inference Protocol tensors <-> numpy: raw and typed contents, BYTES framing, size checks.
 
 Every mismatch a client can cause (datatype, shape, byte count, framing) raises InvalidInput with a
-message naming the tensor; nothing here trusts a declared size before checking it against the bytes.
+message naming the tensor (clipped); nothing here allocates for a declared size before checking it against
+the bytes actually received.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,10 +14,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from gateway.backends.dtypes import BYTES, NUMPY_DTYPES, numpy_dtype, v2_from_numpy
-from gateway.errors import InvalidInput
+from gateway.errors import InvalidInput, clip
 from gateway.protos.inference import grpc_service_pb2 as pb
 
 MAX_ELEMENTS = 1 << 28
+MAX_RANK = 32  # dimensions per tensor (ONNX Runtime itself refuses more than a few dozen)
+THREAD_DECODE_BYTES = 1 << 20  # requests with more payload than this are decoded off the event loop
+THREAD_DECODE_ELEMENTS = 1 << 14  # BYTES elements are decoded in a Python loop: many of them also leave the loop
+BYTES_FRAME = 4  # each BYTES element carries at least its 4-byte length prefix
 
 # typed-contents field for each datatype (Triton's mapping)
 _TYPED_FIELD = {
@@ -41,31 +45,66 @@ _LITTLE_ENDIAN_HOST = sys.byteorder == "little"
 _WIRE = {name: np.dtype(dt).newbyteorder("<") for name, dt in NUMPY_DTYPES.items() if name != BYTES}
 
 
+def _label(name: str) -> str:
+    """How a message names a client's tensor: quoted, clipped, control characters escaped."""
+    return f"input '{clip(name)}'"
+
+
 def _count(name: str, shape: Sequence[int]) -> int:
-    """Elements of a declared shape; refuses negative dimensions and shapes over MAX_ELEMENTS."""
+    """Elements of a declared shape; refuses too many dimensions, negative ones and more than MAX_ELEMENTS."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{_label(name)}: {len(shape)} dimensions, at most {MAX_RANK}")
     if shape and min(shape) < 0:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    n = math.prod(shape)  # Python ints: a huge declared shape cannot overflow
-    if n > MAX_ELEMENTS:
-        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
-    return n
+        raise InvalidInput(f"{_label(name)}: shape {clip(list(shape))} has a negative dimension")
+    n = 1
+    for dim in shape:  # stops at the first step past the limit: no product of huge numbers is ever formed
+        if dim == 0:  # an empty tensor still may not declare huge other dimensions (numpy refuses to reshape)
+            continue
+        n *= dim
+        if n > MAX_ELEMENTS:
+            raise InvalidInput(f"{_label(name)}: shape {clip(list(shape))} has more than {MAX_ELEMENTS} elements")
+    return 0 if 0 in shape else n
+
+
+def decode_off_loop(request: pb.ModelInferRequest) -> bool:
+    """Whether decoding `request` may take long enough (large payload, many BYTES elements) to leave the loop."""
+    raw = request.raw_input_contents
+    if raw:
+        total = 0
+        for data in raw:
+            total += len(data)
+        if total > THREAD_DECODE_BYTES:
+            return True
+        return any(t.datatype == BYTES for t in request.inputs) and total > THREAD_DECODE_ELEMENTS * BYTES_FRAME
+    return request.ByteSize() > THREAD_DECODE_BYTES or any(
+        t.datatype == BYTES and len(t.contents.bytes_contents) > THREAD_DECODE_ELEMENTS for t in request.inputs
+    )
 
 
 def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
-    """Split Triton's BYTES framing (4-byte little-endian length, then the bytes) into an object array."""
+    """Split Triton's BYTES framing (4-byte little-endian length, then the bytes) into an object array.
+
+    `count` is checked against the bytes received (each element needs its 4-byte prefix) before the
+    array is allocated: a 30-byte request cannot declare 2**28 elements and have them allocated.
+    """
+    if count > len(raw) // BYTES_FRAME:
+        raise InvalidInput(
+            f"{_label(name)}: {len(raw)} bytes of BYTES content cannot hold {count} elements "
+            f"(each needs a {BYTES_FRAME}-byte length prefix)"
+        )
     out = np.empty(count, dtype=object)
     view, pos = memoryview(raw), 0
     for i in range(count):
         if pos + 4 > len(view):
-            raise InvalidInput(f"input {name!r}: BYTES content ends before element {i}")
+            raise InvalidInput(f"{_label(name)}: BYTES content ends before element {i}")
         (n,) = struct.unpack_from("<I", view, pos)
         pos += 4
         if pos + n > len(view):
-            raise InvalidInput(f"input {name!r}: BYTES element {i} runs past the end of the content")
+            raise InvalidInput(f"{_label(name)}: BYTES element {i} runs past the end of the content")
         out[i] = bytes(view[pos : pos + n])
         pos += n
     if pos != len(view):
-        raise InvalidInput(f"input {name!r}: {len(view) - pos} bytes left after {count} BYTES elements")
+        raise InvalidInput(f"{_label(name)}: {len(view) - pos} bytes left after {count} BYTES elements")
     return out
 
 
@@ -79,7 +118,7 @@ def encode_bytes(arr: np.ndarray) -> bytes:
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Turn a ModelInferRequest's inputs into numpy arrays, raw or typed, checking every size."""
+    """Turn a ModelInferRequest's inputs into numpy arrays, raw or typed, checking every size first."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -87,9 +126,11 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
         if name in arrays:
-            raise InvalidInput(f"input {name!r} given twice")
+            raise InvalidInput(f"{_label(name)} given twice")
         shape = tuple(tensor.shape)
         count = _count(name, shape)
+        if tensor.datatype not in NUMPY_DTYPES:
+            raise InvalidInput(f"{_label(name)}: unknown datatype '{clip(tensor.datatype, 32)}'")
         dtype = _WIRE.get(tensor.datatype) or numpy_dtype(tensor.datatype)
         if raw:
             data = raw[i]
@@ -99,24 +140,27 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                 expected = count * dtype.itemsize
                 if len(data) != expected:
                     raise InvalidInput(
-                        f"input {name!r}: raw content is {len(data)} bytes, shape {list(shape)} of "
+                        f"{_label(name)}: raw content is {len(data)} bytes, shape {clip(list(shape))} of "
                         f"{tensor.datatype} needs {expected}"
                     )
                 arr = np.frombuffer(data, dtype=dtype)
         else:
             field = _TYPED_FIELD.get(tensor.datatype)
             if field is None:
-                raise InvalidInput(f"input {name!r}: {tensor.datatype} must be sent as raw content")
+                raise InvalidInput(f"{_label(name)}: {tensor.datatype} must be sent as raw content")
             values = getattr(tensor.contents, field)
             if len(values) != count:
                 raise InvalidInput(
-                    f"input {name!r}: {len(values)} values in {field}, shape {list(shape)} needs {count}"
+                    f"{_label(name)}: {len(values)} values in {field}, shape {clip(list(shape))} needs {count}"
                 )
             if tensor.datatype == BYTES:
                 arr = np.empty(count, dtype=object)
                 arr[:] = list(values)
             else:
-                arr = np.asarray(values, dtype=dtype)
+                try:
+                    arr = np.asarray(values, dtype=dtype)
+                except (OverflowError, ValueError):
+                    raise InvalidInput(f"{_label(name)}: a value is outside the range of {tensor.datatype}") from None
         arrays[name] = arr.reshape(shape)
     return arrays
 

@@ -26,11 +26,13 @@ from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, InvalidInput, RollbackRefused
 from gateway.fsutil import atomic_write, fsync_dir
+from gateway.versions import MAX_VERSION_DIGITS
+from gateway.versions import check_version as check_version
 
 log = logging.getLogger("sealgate.serving.repository")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-VERSION_FILE = re.compile(r"([1-9][0-9]{0,17})\.sealed")
+VERSION_FILE = re.compile(rf"([1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}})\.sealed")  # the one version rule
 SUFFIX = ".sealed"
 STATE_NAME = ".sealgate-state.json"
 LOCK_NAME = ".sealgate-state.lock"
@@ -47,13 +49,6 @@ def check_name(name: str) -> str:
             f"invalid model name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
         )
     return name
-
-
-def check_version(version: int) -> int:
-    """Return `version` if it is a positive integer, else raise InvalidInput."""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidInput(f"invalid model version {version!r}: versions are integers >= 1")
-    return version
 
 
 def is_temp_name(filename: str) -> bool:
