@@ -31,6 +31,15 @@ class ServerConfig:
     drain_seconds: float = 10.0
     rest: bool = True
     max_concurrent_requests: int = 1024  # per protocol; beyond it RESOURCE_EXHAUSTED / HTTP 429; 0: no limit
+    max_concurrent_per_peer: int = 64  # per client certificate, counted after authentication; 0: no limit
+    metrics_address: str = "127.0.0.1:8502"  # plain-HTTP GET /metrics on its own listener; '': off
+    rest_max_connections: int = 512  # open REST connections; beyond: closed at once, before TLS
+    rest_max_connections_per_peer: int = 64  # per client certificate; beyond: 429 and close
+    rest_request_timeout_s: float = 30.0  # one deadline for a request's head and body (408), and for idling
+    rest_handshake_timeout_s: float = 10.0  # TLS handshake
+    rest_max_header_bytes: int = 16384  # request head (431 beyond)
+    rest_max_target_bytes: int = 2048  # request target (414 beyond)
+    max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
 
 
 @dataclass
@@ -48,7 +57,7 @@ class RepositoryConfig:
 class TlsConfig:
     """mTLS material; certificates are re-read when they change on disk."""
 
-    ca: Path = Path("certs/ca.pem")
+    ca: Path = Path("certs/ca.pem")  # the only trust anchors: client certificates must be issued directly by one
     cert: Path = Path("certs/server.pem")
     key: Path = Path("certs/server.key")
     require_client_auth: bool = True
@@ -67,6 +76,7 @@ class AuthConfig:
     audience: str = DEV_AUDIENCE
     leeway_s: int = 30
     algorithms: list[str] = field(default_factory=lambda: ["ES256", "ES384", "RS256", "PS256", "EdDSA"])
+    max_token_lifetime_s: int = 86_400  # a token with exp - iat (or exp - now) above this is refused; 0: unlimited
 
 
 @dataclass
@@ -142,9 +152,11 @@ class Config:
             raise ConfigError("[auth] jwks_url must be an https:// URL")
         if self.auth.jwks_refresh_s < 1:
             raise ConfigError("[auth] jwks_refresh_s must be >= 1")
-        for addr in (self.server.grpc_address, self.server.rest_address):
+        for addr in (self.server.grpc_address, self.server.rest_address, self.server.metrics_address or ":"):
             if ":" not in addr:
                 raise ConfigError(f"[server] address {addr!r} must be host:port")
+        if self.server.max_concurrent_per_peer < 0:
+            raise ConfigError("[server] max_concurrent_per_peer must be >= 0 (0: no limit)")
         return self
 
 

@@ -59,6 +59,7 @@ def make_env(root: Path, grpc_port: int = 0, rest_port: int = 0) -> Env:
 [server]
 grpc_address = "127.0.0.1:{grpc_port}"
 rest_address = "127.0.0.1:{rest_port}"
+metrics_address = "127.0.0.1:0"
 max_message_bytes = 1048576
 drain_seconds = 1.0
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
@@ -125,12 +124,8 @@ def test_jwks_rotation_without_restart(env: harness.Env, gateway: Any, tmp_path:
         with pytest.raises(InferenceServerException) as e:
             c.infer("m", [inp], headers={"authorization": "Bearer " + old})
     assert "UNAUTHENTICATED" in str(e.value.status())
-    metrics = requests.get(
-        f"https://127.0.0.1:{gateway.rest_port}/metrics",
-        verify=str(env.certs / "ca.pem"),
-        cert=(str(env.certs / "client.pem"), str(env.certs / "client.key")),
-        timeout=10,
-    ).text
+    gateway.recorder.flush()
+    metrics = gateway.metrics.render().decode()
     assert 'sealgate_auth_failures_total{reason="unknown_kid"} 1.0' in metrics
 
 

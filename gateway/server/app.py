@@ -1,5 +1,6 @@
 """Compose the gateway from its config: manager, auth, gRPC services (inference, release, health,
-reflection), REST, metrics, audit; run it until SIGTERM, then drain and exit 0.
+reflection), REST (h11 on this loop), the metrics listener (its own port), audit; run it until SIGTERM,
+then drain and exit 0.
 
 `Gateway` runs on an asyncio loop (grpc.aio). `GatewayThread` runs one in a background thread, for
 tests, benchmarks and the demo; `serve()` runs one in the foreground for `sealgate serve`.
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from gateway.artifact.keys import load_identity, load_trusted
 from gateway.artifact.sealed import TrustStore
@@ -28,16 +28,20 @@ from gateway.auth.revocation import RevocationList
 from gateway.auth.tls import server_credentials, ssl_context_for_rest
 from gateway.backends import BackendConfig
 from gateway.config import Config
+from gateway.fsutil import enter_private_cwd
 from gateway.protos import pool
 from gateway.protos.inference import grpc_service_pb2 as inference_pb2
 from gateway.protos.inference import grpc_service_pb2_grpc as inference_grpc
 from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
 from gateway.server.guard import Guard
 from gateway.server.inference import InferenceService, PeerCache
+from gateway.server.limits import BACKSTOP_FACTOR, Slots
 from gateway.server.metrics import Metrics
+from gateway.server.metrics_http import MetricsServer
+from gateway.server.public import PublicHealth, PublicReflection
 from gateway.server.recorder import CallRecorder
 from gateway.server.release import ReleaseService
-from gateway.server.rest import RestServer
+from gateway.server.rest import RestLimits, RestServer
 from gateway.serving.manager import ModelManager
 from gateway.serving.policy import VersionPolicy
 from gateway.serving.repository import Repository
@@ -81,17 +85,21 @@ class Gateway:
             audience=config.auth.audience,
             algorithms=tuple(config.auth.algorithms),
             leeway=config.auth.leeway_s,
+            max_lifetime=config.auth.max_token_lifetime_s,
         )
         self.manager = build_manager(config)
         self.recorder = CallRecorder(self.audit, self.metrics)
         revocation = RevocationList(Path(config.tls.crl), config.tls.ca) if config.tls.crl else None
-        self.guard = Guard(Authorizer(verifier, revocation=revocation), self.recorder)
+        self.guard = Guard(Authorizer(verifier, revocation=revocation, client_ca=config.tls.ca), self.recorder)
         self.manager.metrics = self.metrics
         self.grpc_port = 0
         self.rest_port = 0
+        self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._rest: RestServer | None = None
-        self._health = health_aio.HealthServicer()
+        self._metrics_http: MetricsServer | None = None
+        self._peers = PeerCache()
+        self._health = PublicHealth(self.guard, self._peers)
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -99,20 +107,23 @@ class Gateway:
         self.manager.poll()
         self.manager.start()
         limit = cfg.server.max_message_bytes
+        # the application's limits count authenticated callers only (per certificate, after the token);
+        # gRPC's own cap, counted before any check, stays as a backstop well above them
+        self.grpc_slots = Slots(cfg.server.max_concurrent_requests, cfg.server.max_concurrent_per_peer)
         self._server = grpc.aio.server(
-            maximum_concurrent_rpcs=cfg.server.max_concurrent_requests or None,  # beyond: RESOURCE_EXHAUSTED
+            maximum_concurrent_rpcs=BACKSTOP_FACTOR * cfg.server.max_concurrent_requests or None,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 4 << 20)),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        peers = PeerCache()
+        peers = self._peers
         inference_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.manager, self.guard, peers), self._server
+            InferenceService(self.manager, self.guard, peers, self.grpc_slots), self._server
         )
         release_pb2_grpc.add_ReleaseServicer_to_server(
-            ReleaseService(self.manager, self.guard, peers, cfg.server), self._server
+            ReleaseService(self.manager, self.guard, peers, cfg.server, self.grpc_slots), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         pool.mirror(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
@@ -122,30 +133,36 @@ class Gateway:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, self._server, pool=pool.POOL)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            PublicReflection(names, self.guard, peers, pool=pool.POOL), self._server
+        )
         creds = server_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
         self.grpc_port = self._server.add_secure_port(cfg.server.grpc_address, creds)
         await self._server.start()
         if cfg.server.rest:
             ctx = ssl_context_for_rest(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
             self._rest = RestServer(
-                cfg.server.rest_address, self.manager, self.guard, ctx, limit, cfg.server.max_concurrent_requests
+                cfg.server.rest_address, self.manager, self.guard, ctx, RestLimits.from_config(cfg.server)
             )
+            await self._rest.start()
             self.rest_port = self._rest.port
-            self._rest.start()
+        if cfg.server.metrics_address:
+            self._metrics_http = MetricsServer(cfg.server.metrics_address, self.guard)
+            await self._metrics_http.start()
+            self.metrics_port = self._metrics_http.port
         await self._sync_health()
         self._health_task = asyncio.create_task(self._health_loop())
-        log.info("sealgate serving: gRPC %s, REST %s", self.grpc_port, self.rest_port or "off")
+        log.info(
+            "sealgate serving: gRPC %s, REST %s, metrics %s",
+            self.grpc_port,
+            self.rest_port or "off",
+            self.metrics_port or "off",
+        )
 
     async def _sync_health(self) -> None:
         status = health_pb2.HealthCheckResponse
         ready = self.manager.ready()
         await self._health.set("", status.SERVING if ready else status.NOT_SERVING)
-        serving: dict[str, bool] = {}
-        for st in self.manager.status():
-            serving[st.name] = serving.get(st.name, False) or st.state.name == "SERVING"
-        for name, ok in serving.items():
-            await self._health.set(name, status.SERVING if ok else status.NOT_SERVING)
 
     async def _health_loop(self) -> None:
         while True:
@@ -162,7 +179,9 @@ class Gateway:
             self._health_task.cancel()
         await self._health.enter_graceful_shutdown()
         if self._rest:
-            self._rest.stop()
+            await self._rest.stop()
+        if self._metrics_http:
+            await self._metrics_http.stop()
         if self._server:
             await self._server.stop(grace)
         self.manager.stop()
@@ -193,12 +212,18 @@ def serve(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; drain, then return 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    # every path of the config is absolute by now: from here on, a relative path a model names reaches an
+    # empty private folder, never the keys beside the config (defence in depth behind the model policy)
+    cwd = enter_private_cwd()
+    log.debug("working directory: %s (empty, private)", cwd)
+
     async def main() -> None:
         gateway = Gateway(config)
         await gateway.start()
         print(
             f"sealgate serving {config.repository.path}: gRPC {config.server.grpc_address} (port {gateway.grpc_port}), "
-            f"REST {config.server.rest_address} (port {gateway.rest_port})",
+            f"REST {config.server.rest_address} (port {gateway.rest_port}), "
+            f"metrics {config.server.metrics_address or 'off'} (port {gateway.metrics_port or '-'})",
             file=sys.stderr,
             flush=True,
         )
