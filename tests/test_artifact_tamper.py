@@ -383,7 +383,6 @@ MALFORMED_HEADERS: dict[str, Callable[[dict], object]] = {
     "plaintext size negative": _set("plaintext_size", -5),
     "aead": _set("aead", "AES-128-GCM"),
     "format": _set("format", "sealgate-sealed/2"),
-    "extra field": _set("comment", "hi"),
     "missing field": _set("created", MISSING),
     "recipients not a list": _set("recipients", {"kem": "X25519"}),
     "recipients a string": _set("recipients", "abc"),
@@ -407,6 +406,23 @@ def test_malformed_header_is_tampered_for_open_and_inspect(case: Case, case_name
         inspect(blob)
     for opener in (0, 2):
         assert refused(case, blob, opener) is TamperedArtifact
+
+
+UNKNOWN_FIELDS: dict[str, Callable[[dict], object]] = {
+    "extra field": _set("comment", "hi"),
+    "extra signer field": _set("signer.comment", "hi"),
+    "extra recipient field": _set("recipients.0.note", "hi"),
+}
+
+
+@pytest.mark.parametrize("case_name", sorted(UNKNOWN_FIELDS))
+def test_unknown_header_fields_are_refused_at_every_level(case: Case, case_name: str) -> None:
+    """A field this build does not read is a claim nothing checks: refused as unsupported by inspect and open."""
+    blob = with_header(case.blob, UNKNOWN_FIELDS[case_name])
+    with pytest.raises(UnsupportedFormat, match="does not read"):
+        inspect(blob)
+    for opener in (0, 2):
+        assert refused(case, blob, opener) is UnsupportedFormat
 
 
 def test_header_must_be_canonical_and_shallow(case: Case) -> None:

@@ -30,6 +30,7 @@ from gateway.errors import (
     MetadataMismatch,
     NotARecipient,
     NotFound,
+    NotServable,
     RollbackRefused,
     TamperedArtifact,
     Unavailable,
@@ -114,12 +115,12 @@ def place(root: Path, version: int, src: Path, name: str = NAME) -> Path:
     return target
 
 
-def push(mgr: ModelManager, version: int, src: Path, name: str = NAME) -> Any:
+def push(mgr: ModelManager, version: int, src: Path, name: str = NAME, store_only: bool = False) -> Any:
     """What the Release service does: receive the stream whole into a repository temp file, then hand it over."""
     received = mgr.repo.new_temp()
     shutil.copyfile(src, received)
     try:
-        return mgr.accept_push(name, version, received)
+        return mgr.accept_push(name, version, received, store_only=store_only)
     finally:
         assert not received.exists(), "the received temp file never outlives accept_push"
 
@@ -294,15 +295,21 @@ def test_a_push_is_verified_stored_and_served(manager: ModelManager, root: Path,
 
 
 def test_pushing_an_equal_or_lower_version_is_refused_and_stores_nothing(
-    manager: ModelManager, root: Path, keys: Keys, artifacts: dict[int, Path]
+    manager: ModelManager, root: Path, keys: Keys, artifacts: dict[int, Path], tmp_path: Path
 ) -> None:
     place(root, 1, artifacts[1])
     manager.poll()
     push(manager, 3, artifacts[3])
     before = listing(root)
-    for version in (3, 2, 1):
+    other3 = seal(keys, tmp_path / "other3.sealed", 3)  # the same version, other bytes
+    other1 = seal(keys, tmp_path / "other1.sealed", 1)
+    for version, src in ((3, other3), (2, artifacts[2]), (1, other1)):
         with pytest.raises(RollbackRefused, match=r"not above the highest version seen \(3\)"):
-            push(manager, version, artifacts[version])
+            push(manager, version, src)
+    assert listing(root) == before
+    same = push(manager, 3, artifacts[3])
+    assert same.already_stored and same.state is ModelState.SERVING, "identical bytes: already stored"
+    assert push(manager, 1, artifacts[1]).already_stored, "below the floor too: the bytes are the stored ones"
     assert listing(root) == before
     assert manager.get(NAME).version == 3
     restarted = new_manager(root, keys)
@@ -338,21 +345,26 @@ def test_refused_pushes_leave_no_trace(
     assert push(manager, 2, artifacts[2]).state is ModelState.SERVING, "a refused push can be repeated"
 
 
-def test_a_push_for_edge_devices_only_is_stored_available_and_fetchable(
+def test_a_push_for_edge_devices_only_is_refused_unless_store_only(
     manager: ModelManager, root: Path, keys: Keys, artifacts: dict[int, Path], tmp_path: Path
 ) -> None:
     place(root, 1, artifacts[1])
     manager.poll()
     edge = seal(keys, tmp_path / "edge.sealed", 2, recipients=[keys.device.public])
-    status = push(manager, 2, edge)
+    with pytest.raises(NotServable, match="sealed for other recipients; push with store_only"):
+        push(manager, 2, edge)
+    assert not (root / NAME / "2.sealed").exists() and manager.highest_seen(NAME) == 1
+    status = push(manager, 2, edge, store_only=True)
     assert status.state is ModelState.AVAILABLE and "not among its recipients" in status.reason
-    assert status.highest_seen == 2
+    assert status.highest_seen == 1, "a store-only file does not raise the anti-rollback floor"
     assert manager.get(NAME).version == 1
     path, _ = manager.fetch_path(NAME, 2)
     opened = open_artifact(path, [keys.device], keys.trust)
     assert opened.provenance["seed"] == 2
     with pytest.raises(NotARecipient):
         open_artifact(path, [keys.gateway], keys.trust)
+    again = push(manager, 2, edge, store_only=True)
+    assert again.already_stored and again.state is ModelState.AVAILABLE
     with pytest.raises(RollbackRefused):
         push(manager, 2, artifacts[2])
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import mmap
 import queue
@@ -39,7 +40,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.artifact.keys import KEM_HYBRID, KEM_X25519, Identity, RecipientKey, signer_key_id
-from gateway.errors import NotARecipient, TamperedArtifact, UnsafeArchive, UnsupportedFormat, UntrustedSigner
+from gateway.errors import (
+    ArtifactError,
+    NotARecipient,
+    TamperedArtifact,
+    UnsafeArchive,
+    UnsupportedFormat,
+    UntrustedSigner,
+    clip,
+)
+from gateway.versions import MAX_VERSION, check_version
 
 MAGIC = b"SGSEALED"
 FORMAT_VERSION = 1
@@ -158,6 +168,7 @@ def seal_stream(
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Iterator[bytes]:
     """Yield a sealed artifact piece by piece; memory stays at about one chunk whatever the model size."""
+    check_version(version)
     if not recipients:
         raise ValueError("an artifact needs at least one recipient")
     if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
@@ -226,14 +237,59 @@ def read_header(stream: BinaryIO) -> tuple[Header, bytes]:
     if hlen > MAX_HEADER:
         raise TamperedArtifact("header length out of bounds")
     header_json = _read_exact(stream, hlen, "header")
-    return _parse_header(header_json), raw + header_json
+    return parse_header_json(header_json), raw + header_json
 
 
-def _parse_header(data: bytes) -> Header:
+def parse_header(data: bytes) -> Header:
+    """Parse the header at the start of a sealed artifact's bytes (what follows it is ignored), with no key.
+
+    Pure and total: on any input it returns a Header or raises an ArtifactError subclass (UnsupportedFormat
+    for foreign or unknown structure, TamperedArtifact for a truncated or malformed header); the fuzz
+    harness of the artifact parser drives this function.
+    """
+    try:
+        return read_header(io.BytesIO(bytes(data)))[0]
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a parser bug must still surface as a refusal, never as a crash of the caller
+        raise TamperedArtifact(f"header is malformed ({exc.__class__.__name__})") from None
+
+
+_HEADER_KEYS = frozenset({*Header("", 1, "", MIN_CHUNK, 1, "0" * 16, ()).context(), "recipients"})
+_SIGNER_KEYS = frozenset({"alg", "key_id"})
+_RECIPIENT_KEYS = frozenset({"kem", "key_id", "wrapped"})
+
+
+def _check_keys(doc: object, allowed: frozenset[str], where: str) -> None:
+    """Refuse fields added beside the known ones, at any level: they would be claims nothing here checks.
+
+    Only a document holding every known field gets this answer; one missing a field (a renamed key, a
+    flipped byte) is malformed, which the parser reports as TamperedArtifact.
+    """
+    if isinstance(doc, dict) and allowed <= doc.keys():
+        unknown = set(doc) - allowed
+        if unknown:
+            raise UnsupportedFormat(
+                f"{where} has {len(unknown)} field(s) this build does not read: "
+                f"{clip(', '.join(sorted(str(k) for k in unknown)))}"
+            )
+
+
+def parse_header_json(data: bytes) -> Header:
+    """Strictly parse a header's canonical JSON: exact types, exact fields at every level, bounded values."""
     try:
         doc = json.loads(data)
         if _canonical(doc) != data:
             raise ValueError("not canonical")
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise TamperedArtifact(f"header is malformed ({exc.__class__.__name__})") from None
+    _check_keys(doc, _HEADER_KEYS, "the header")
+    if isinstance(doc, dict):
+        _check_keys(doc.get("signer"), _SIGNER_KEYS, "the header's signer")
+        entries = doc.get("recipients")
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            _check_keys(entry, _RECIPIENT_KEYS, f"the header's recipient {i}")
+    try:
         entries = doc["recipients"]
         if not isinstance(entries, list) or not all(
             isinstance(r, dict) and isinstance(r["kem"], str) and _is_key_id(r["key_id"]) for r in entries
@@ -261,15 +317,15 @@ def _parse_header(data: bytes) -> Header:
             and isinstance(header.framework, str)
             and _is_key_id(header.signer_key_id)
             and type(header.version) is int
-            and header.version >= 0
+            and 1 <= header.version <= MAX_VERSION
             and type(header.chunk_size) is int
             and MIN_CHUNK <= header.chunk_size <= MAX_CHUNK
             and type(header.plaintext_size) is int
             and header.plaintext_size > 0
-            and set(doc) == {*header.context(), "recipients"}
+            and set(doc) == _HEADER_KEYS
             and all(r.kem in _SUITES for r in recipients)
         )
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise TamperedArtifact(f"header is malformed ({exc.__class__.__name__})") from None
     if not ok:
         raise TamperedArtifact("header is malformed (unexpected field or value)")

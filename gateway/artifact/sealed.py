@@ -26,6 +26,7 @@ from gateway.artifact.envelope import Header
 from gateway.artifact.keys import Identity, RecipientKey, signer_key_id
 from gateway.errors import ArtifactError, MetadataMismatch, SignatureError, UnsafeArchive, UntrustedSigner
 from gateway.fsutil import atomic_write
+from gateway.versions import check_version
 
 PROVENANCE = "provenance.json"
 SIGNATURE = signing.SIGNATURE_NAME
@@ -100,6 +101,7 @@ def seal(
     Returns the header and an iterator of the artifact's bytes; memory stays bounded by one chunk
     plus the largest read block, whatever the model size (files are hashed, then streamed, from disk).
     """
+    check_version(version)
     skip = frozenset({SIGNATURE, PROVENANCE})
     if isinstance(src, Mapping):
         files = container.from_mapping({n: b for n, b in src.items() if n not in skip}, limits)

@@ -74,15 +74,22 @@ class ReleaseClient:
         except grpc.RpcError as err:
             raise RemoteError(err.code(), err.details() or "") from None
 
-    def push(self, path: Path, name: str, version: int, progress: Progress | None = None) -> pb.PushResponse:
-        """Upload a sealed file; the gateway verifies it before storing it."""
+    def push(
+        self, path: Path, name: str, version: int, progress: Progress | None = None, *, store_only: bool = False
+    ) -> pb.PushResponse:
+        """Upload a sealed file; the gateway verifies it before storing it.
+
+        `store_only` asks the gateway to keep an artifact it cannot open (sealed for other recipients)
+        for Fetch only; without it such a push is refused. `already_stored` in the answer says the
+        gateway held these exact bytes already (a retried push whose first attempt landed included).
+        """
         path = Path(path)
         size = path.stat().st_size
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             while block := fh.read(CHUNK):
                 h.update(block)
-        meta = pb.ArtifactMetadata(name=name, version=version, size=size, sha256=h.hexdigest())
+        meta = pb.ArtifactMetadata(name=name, version=version, size=size, sha256=h.hexdigest(), store_only=store_only)
 
         def requests() -> Iterator[pb.PushRequest]:
             yield pb.PushRequest(metadata=meta)
@@ -108,7 +115,9 @@ class ReleaseClient:
         for model in self.list(name).models:
             for v in model.versions:
                 if v.version == version and v.sha256 == sha256 and v.state != pb.VersionStatus.REFUSED:
-                    return pb.PushResponse(name=name, version=version, size=v.size, sha256=sha256, state=v.state)
+                    return pb.PushResponse(
+                        name=name, version=version, size=v.size, sha256=sha256, state=v.state, already_stored=True
+                    )
         return None
 
     def fetch(self, name: str, out: Path, version: int = 0, progress: Progress | None = None) -> pb.ArtifactMetadata:
@@ -147,6 +156,14 @@ class ReleaseClient:
         """Serve an earlier version again, explicitly."""
         req = pb.RollbackRequest(name=name, version=version, reason=reason)
         return self._call(lambda: self.stub.Rollback(req, metadata=self.metadata, timeout=60))  # type: ignore[return-value]
+
+
+def push_summary(resp: pb.PushResponse) -> str:
+    """The one line `sealgate push` prints: "pushed ..." for a new version, "already stored ..." otherwise."""
+    state = pb.VersionStatus.State.Name(resp.state)
+    if resp.already_stored:
+        return f"already stored {resp.name} v{resp.version} ({resp.size} bytes, identical): {state}; nothing changed"
+    return f"pushed {resp.name} v{resp.version} ({resp.size} bytes): {state}"
 
 
 def token_from_env(token: str | None) -> str:

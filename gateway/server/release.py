@@ -1,9 +1,10 @@
 """`sealgate.v1.Release`: push, fetch, list and roll back sealed artifacts over the gateway's mTLS + JWT.
 
-A push is authorized before its first byte is stored, received whole into a temporary file in the
-repository (never over the size limit or the deadline), checked against its announced size and
-SHA-256, then handed to the manager, which verifies and stores it atomically or refuses it, leaving no
-trace either way.
+Every call authenticates its token on the call's metadata before anything else: a push is then read
+for its metadata (within FIRST_MESSAGE_TIMEOUT_S), authorized for `release:<name>`, given one of the
+caller's slots, received whole into a temporary file in the repository (never over the size limit or
+the stream deadline), checked against its announced size and SHA-256, then handed to the manager,
+which verifies and stores it atomically or refuses it, leaving no trace either way.
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from gateway.config import ServerConfig
-from gateway.errors import InvalidInput, SealgateError, TooLarge, grpc_status
+from gateway.errors import InvalidInput, StreamTimeout, TooLarge, clip, grpc_status
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
-from gateway.server.guard import Guard
+from gateway.server.guard import Call, Guard
 from gateway.server.inference import PeerCache
+from gateway.server.limits import Slots, slot_key
 from gateway.serving.manager import ModelManager
+from gateway.serving.repository import check_name
+from gateway.versions import check_version
 
 FETCH_CHUNK = 1 << 20
+FIRST_MESSAGE_TIMEOUT_S = 10.0  # an authenticated push must send its metadata this soon (bounded by the deadline)
 
 
 def _provenance(doc: dict[str, Any] | None) -> pb.Provenance | None:
@@ -68,14 +72,44 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-class ReleaseService(pb_grpc.ReleaseServicer):
-    """Push / Fetch / List / Rollback in front of the model manager."""
+def _key(call: Call) -> str:
+    """The slot key of an authenticated call: its certificate's thumbprint (limits.slot_key)."""
+    assert call.principal is not None, "slots are taken after authentication only"
+    return slot_key(call.peer, call.principal)
 
-    def __init__(self, manager: ModelManager, guard: Guard, peers: PeerCache, limits: ServerConfig) -> None:
+
+def _check_push_metadata(meta: pb.ArtifactMetadata, max_push_bytes: int) -> None:
+    """Refuse a push's announced identity or size before a byte of it is received."""
+    check_name(meta.name)
+    check_version(meta.version)
+    if meta.size <= 0 or meta.size > max_push_bytes:
+        raise TooLarge(f"push of {meta.size} bytes is outside 1..{max_push_bytes}")
+    if len(meta.sha256) != 64 or not all(c in "0123456789abcdefABCDEF" for c in meta.sha256):
+        raise InvalidInput("metadata.sha256 must be 64 hex characters")
+
+
+class ReleaseService(pb_grpc.ReleaseServicer):
+    """Push / Fetch / List / Rollback in front of the model manager.
+
+    Every method authenticates the token on the call's metadata before it reads, parses or holds
+    anything; an authorized call then takes one of the caller's slots (keyed by its certificate), so
+    a peer without a valid token holds no slot and one peer cannot take them all.
+    """
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        guard: Guard,
+        peers: PeerCache,
+        limits: ServerConfig,
+        slots: Slots | None = None,
+    ) -> None:
         self.manager = manager
         self.guard = guard
         self.peers = peers
         self.limits = limits
+        self.slots = slots or Slots(limits.max_concurrent_requests, getattr(limits, "max_concurrent_per_peer", 0))
+        self.first_message_s = min(FIRST_MESSAGE_TIMEOUT_S, limits.stream_deadline_s)
 
     async def _abort(self, context: Any, exc: BaseException) -> None:
         code, message = grpc_status(exc)
@@ -86,33 +120,34 @@ class ReleaseService(pb_grpc.ReleaseServicer):
         tmp: Path | None = None
         try:
             with self.guard.call("grpc", "Push", self.peers.get(context)) as call:
-                first = await anext(aiter(request_iterator), None)
-                if first is None or first.WhichOneof("payload") != "metadata":
-                    raise InvalidInput("a push starts with one metadata message")
-                meta = first.metadata
-                call.model, call.version = meta.name, str(meta.version)
-                self.guard.authorize(call, context.invocation_metadata(), "release", meta.name)
-                if meta.version < 1:
-                    raise InvalidInput("version must be >= 1")
-                if meta.size <= 0 or meta.size > self.limits.max_push_bytes:
-                    raise TooLarge(f"push of {meta.size} bytes is outside 1..{self.limits.max_push_bytes}")
-                if len(meta.sha256) != 64:
-                    raise InvalidInput("metadata.sha256 must be 64 hex characters")
-                tmp = await asyncio.wait_for(
-                    self._receive(request_iterator, meta), timeout=self.limits.stream_deadline_s
-                )
-                status = await asyncio.to_thread(self.manager.accept_push, meta.name, int(meta.version), tmp)
+                metadata = context.invocation_metadata()
+                self.guard.authorize(call, metadata, None)  # the token first: nothing is read or held before
+                deadline = time.monotonic() + self.limits.stream_deadline_s
+                meta = await self._first_metadata(request_iterator)
+                call.model, call.version = clip(meta.name, 64), clip(meta.version)
+                self.guard.authorize(call, metadata, "release", meta.name)
+                _check_push_metadata(meta, self.limits.max_push_bytes)
+                with self.slots.hold(_key(call)):
+                    try:
+                        tmp = await asyncio.wait_for(
+                            self._receive(request_iterator, meta), timeout=max(0.0, deadline - time.monotonic())
+                        )
+                    except TimeoutError:
+                        raise StreamTimeout("push exceeded the stream deadline") from None
+                    result = await asyncio.to_thread(
+                        self.manager.accept_push, meta.name, int(meta.version), tmp, store_only=meta.store_only
+                    )
                 tmp = None  # the manager owns (stored or removed) the file now
+                if result.already_stored:
+                    call.reason = "already stored: nothing changed"
                 return pb.PushResponse(
                     name=meta.name,
                     version=meta.version,
                     size=meta.size,
                     sha256=meta.sha256.lower(),
-                    state=pb.VersionStatus.State.Value(status.state.name),
+                    state=pb.VersionStatus.State.Value(result.state.name),
+                    already_stored=result.already_stored,
                 )
-        except TimeoutError:
-            exc: BaseException = SealgateError("push exceeded the stream deadline")
-            exc.grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
         except Exception as err:
             exc = err
         finally:
@@ -120,6 +155,16 @@ class ReleaseService(pb_grpc.ReleaseServicer):
                 tmp.unlink(missing_ok=True)
         await self._abort(context, exc)
         raise AssertionError("unreachable")
+
+    async def _first_metadata(self, requests: AsyncIterator[pb.PushRequest]) -> pb.ArtifactMetadata:
+        """The push's first message, which must be its metadata, within `first_message_s`."""
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests), None), timeout=self.first_message_s)
+        except TimeoutError:
+            raise StreamTimeout(f"no push metadata within {self.first_message_s:g} s") from None
+        if first is None or first.WhichOneof("payload") != "metadata":
+            raise InvalidInput("a push starts with one metadata message")
+        return first.metadata
 
     async def _receive(self, requests: AsyncIterator[pb.PushRequest], meta: pb.ArtifactMetadata) -> Path:
         """Write the chunks to a temp file in the repository; verify count and digest; fsync."""
@@ -152,16 +197,21 @@ class ReleaseService(pb_grpc.ReleaseServicer):
     # --- Fetch ----------------------------------------------------------------------------------
     async def Fetch(self, request: pb.FetchRequest, context: Any) -> AsyncIterator[pb.FetchResponse]:
         try:
-            with self.guard.call("grpc", "Fetch", self.peers.get(context), request.name) as call:
-                self.guard.authorize(call, context.invocation_metadata(), "fetch", request.name)
-                path, version = self.manager.fetch_path(request.name, request.version or None)
-                call.version = str(version)
-                size, digest = await asyncio.to_thread(_sha256_file, path)
-                meta = pb.ArtifactMetadata(name=request.name, version=version, size=size, sha256=digest)
-                yield pb.FetchResponse(metadata=meta)
-                with open(path, "rb") as fh:
-                    while block := fh.read(FETCH_CHUNK):
-                        yield pb.FetchResponse(chunk=block)
+            with self.guard.call("grpc", "Fetch", self.peers.get(context)) as call:
+                metadata = context.invocation_metadata()
+                self.guard.authorize(call, metadata, None)
+                self.guard.authorize(call, metadata, "fetch", request.name)
+                check_name(request.name)
+                version = check_version(request.version) if request.version else None
+                with self.slots.hold(_key(call)):
+                    path, version = self.manager.fetch_path(request.name, version)
+                    call.version = str(version)
+                    size, digest = await asyncio.to_thread(_sha256_file, path)
+                    meta = pb.ArtifactMetadata(name=request.name, version=version, size=size, sha256=digest)
+                    yield pb.FetchResponse(metadata=meta)
+                    with open(path, "rb") as fh:
+                        while block := fh.read(FETCH_CHUNK):
+                            yield pb.FetchResponse(chunk=block)
                 return
         except Exception as err:
             exc = err
@@ -170,47 +220,57 @@ class ReleaseService(pb_grpc.ReleaseServicer):
     # --- List -----------------------------------------------------------------------------------
     async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
         try:
-            with self.guard.call("grpc", "List", self.peers.get(context), request.name) as call:
+            with self.guard.call("grpc", "List", self.peers.get(context)) as call:
                 principal = self.guard.authorize(call, context.invocation_metadata(), None)
-                models: dict[str, pb.ModelStatus] = {}
-                for st in sorted(self.manager.status(), key=lambda s: (s.name, s.version)):
-                    if request.name and st.name != request.name:
-                        continue
-                    if not (principal.can("release", st.name) or principal.can("fetch", st.name)):
-                        continue
-                    m = models.setdefault(st.name, pb.ModelStatus(name=st.name))
-                    m.highest_version_seen = max(m.highest_version_seen, st.highest_seen)
-                    v = m.versions.add(
-                        version=st.version,
-                        state=pb.VersionStatus.State.Value(st.state.name),
-                        reason=st.reason or "",
-                        pinned=st.pinned,
-                        size=getattr(st, "size", 0) or 0,
-                        sha256=getattr(st, "sha256", "") or "",
-                    )
-                    prov = _provenance(st.provenance)
-                    if prov is not None:
-                        v.provenance.CopyFrom(prov)
-                for name, model in models.items():
-                    model.serving_version = self.manager.default_version(name) or 0
-                return pb.ListResponse(models=[models[k] for k in sorted(models)])
+                call.model = request.name
+                with self.slots.hold(_key(call)):
+                    return self._list(request, principal)
         except Exception as err:
             exc = err
         await self._abort(context, exc)
         raise AssertionError("unreachable")
 
+    def _list(self, request: pb.ListRequest, principal: Any) -> pb.ListResponse:
+        """The versions of every model (or `request.name`) the principal may release or fetch."""
+        models: dict[str, pb.ModelStatus] = {}
+        for st in sorted(self.manager.status(), key=lambda s: (s.name, s.version)):
+            if request.name and st.name != request.name:
+                continue
+            if not (principal.can("release", st.name) or principal.can("fetch", st.name)):
+                continue
+            m = models.setdefault(st.name, pb.ModelStatus(name=st.name))
+            m.highest_version_seen = max(m.highest_version_seen, st.highest_seen)
+            v = m.versions.add(
+                version=st.version,
+                state=pb.VersionStatus.State.Value(st.state.name),
+                reason=st.reason or "",
+                pinned=st.pinned,
+                size=getattr(st, "size", 0) or 0,
+                sha256=getattr(st, "sha256", "") or "",
+            )
+            prov = _provenance(st.provenance)
+            if prov is not None:
+                v.provenance.CopyFrom(prov)
+        for name, model in models.items():
+            model.serving_version = self.manager.default_version(name) or 0
+        return pb.ListResponse(models=[models[k] for k in sorted(models)])
+
     # --- Rollback -------------------------------------------------------------------------------
     async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
         try:
-            with self.guard.call("grpc", "Rollback", self.peers.get(context), request.name) as call:
-                call.version = str(request.version)
-                self.guard.authorize(call, context.invocation_metadata(), "release", request.name)
+            with self.guard.call("grpc", "Rollback", self.peers.get(context)) as call:
+                metadata = context.invocation_metadata()
+                self.guard.authorize(call, metadata, None)
+                call.version = clip(request.version)
+                self.guard.authorize(call, metadata, "release", request.name)
+                check_version(request.version)
                 if not request.reason.strip():
                     raise InvalidInput("a rollback needs a reason")
-                new, previous = await asyncio.to_thread(
-                    self.manager.rollback, request.name, int(request.version), request.reason
-                )
-                call.reason = f"rollback from v{previous}: {request.reason[:200]}"
+                with self.slots.hold(_key(call)):
+                    new, previous = await asyncio.to_thread(
+                        self.manager.rollback, request.name, int(request.version), request.reason
+                    )
+                call.reason = f"rollback from v{previous}: {clip(request.reason, 200)}"
                 return pb.RollbackResponse(name=request.name, version=new, previous_version=previous or 0)
         except Exception as err:
             exc = err

@@ -2,13 +2,15 @@
 
 Every version goes LOADING -> (open_artifact: signature, recipients, provenance) -> load -> smoke test
 -> SERVING, or REFUSED with a one-line reason while whatever served before keeps serving. Artifacts the
-gateway can authenticate but not decrypt are AVAILABLE (kept for edge devices to fetch). Routes are
+gateway can authenticate but not decrypt are AVAILABLE (kept for edge devices to fetch) when they were
+pushed with `store_only` or placed on disk by the operator; a plain push of one is refused. Routes are
 immutable snapshots replaced under a lock: a request takes a `ServedModel` reference and finishes on
 that version whatever is swapped in meanwhile.
 
-Anti-rollback: the highest version ever accepted per model is persisted; a push at or below it is
-refused, a file that appears on disk below it is not served, and the default route never drops below
-it unless a higher valid version still exists or an explicit rollback pinned an earlier one.
+Anti-rollback: the highest servable version ever accepted per model is persisted (store-only files do
+not count: the gateway cannot serve them); a push at or below it is refused, a file that appears on
+disk below it is not served, and the default route never drops below it unless a higher valid version
+still exists or an explicit rollback pinned an earlier one.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ from gateway.errors import (
     MetadataMismatch,
     NotARecipient,
     NotFound,
+    NotServable,
     RollbackRefused,
     SealgateError,
     Unavailable,
 )
 from gateway.serving.policy import VersionPolicy
-from gateway.serving.repository import Repository, check_name, check_version, model_record
+from gateway.serving.repository import Repository, check_name, model_record
 from gateway.serving.smoke import smoke_test
-from gateway.serving.status import ModelState, ModelStatus, ServedModel, summarize_provenance
+from gateway.serving.status import ModelState, ModelStatus, PushResult, ServedModel, summarize_provenance
+from gateway.versions import check_version
 
 log = logging.getLogger("sealgate.serving")
 
@@ -530,7 +534,7 @@ class ModelManager:
             return pinned, ""
         top = max(by_version)
         floor = self.highest_seen(name)
-        if top < floor and not any(e.valid and v > top for v, e in entries.items()):
+        if top < floor and not any(e.valid and e.recipient and v > top for v, e in entries.items()):
             return None, (
                 f"version {floor}, the highest seen, is no longer in the repository; "
                 f"serving version {top} needs an explicit rollback"
@@ -553,7 +557,7 @@ class ModelManager:
 
     def _idle_reason(self, entry: _Entry) -> str:
         if not entry.recipient:
-            return "the gateway is not among its recipients: stored for fetch only"
+            return "stored for fetch only: the gateway is not among its recipients, so it never serves it"
         if entry.late:
             return (
                 f"arrived below the highest version seen ({self.highest_seen(entry.name)}): "
@@ -565,8 +569,8 @@ class ModelManager:
         return f"verified; not selected by {self.policy.describe()}"
 
     def _raise_floor(self, name: str, entries: Mapping[int, _Entry]) -> None:
-        """Persist the highest valid version seen, if it went up."""
-        valid = [v for v, e in entries.items() if e.valid and e.path is not None]
+        """Persist the highest valid version the gateway can serve, if it went up (store-only files do not count)."""
+        valid = [v for v, e in entries.items() if e.valid and e.recipient and e.path is not None]
         if valid and max(valid) > self.highest_seen(name):
             top = max(valid)
 
@@ -597,28 +601,50 @@ class ModelManager:
         log.warning("model %r version %d refused: %s", entry.name, entry.version, reason)
 
     # --- release --------------------------------------------------------------------------------
-    def accept_push(self, name: str, version: int, received: Path) -> ModelStatus:
+    def accept_push(self, name: str, version: int, received: Path, *, store_only: bool = False) -> PushResult:
         """Verify, store and promote a pushed artifact that was received whole into `received`.
 
-        Refusals raise (MetadataMismatch, RollbackRefused, artifact errors, GateFailed) and leave
-        nothing stored; `received` is deleted in every case (moved into place on success).
+        Refusals raise (MetadataMismatch, RollbackRefused, NotServable, artifact errors, GateFailed) and
+        leave nothing stored and the floor where it was; `received` is deleted in every case (moved into
+        place on success). An artifact the gateway cannot open is stored only with `store_only` (for
+        Fetch, never served, not raising the floor). The exact bytes already stored for this version
+        are answered `already_stored`, and nothing is written.
         """
         check_name(name)
         check_version(version)
         received = Path(received)
         with self._name_lock(name):
             try:
-                return self._accept(name, version, received)
+                return self._accept(name, version, received, store_only)
             finally:
                 self.repo.discard(received)
                 self._report()
 
-    def _accept(self, name: str, version: int, received: Path) -> ModelStatus:
+    def _already_stored(self, name: str, version: int, received: Path) -> PushResult | None:
+        """The stored version's status when `received` holds exactly its bytes and it is valid; else None."""
+        target = self.repo.path(name, version)
+        with self._lock:
+            entry = self._entries.get(name, {}).get(version)
+            if entry is None or entry.path is None or not entry.valid:
+                return None
+        try:
+            if target.stat().st_size != received.stat().st_size or _sha256_file(target) != _sha256_file(received):
+                return None
+        except FileNotFoundError:
+            return None
+        log.info("model %r version %d: push of the exact bytes already stored; nothing changed", name, version)
+        with self._lock:
+            return PushResult.of(self._status_locked(entry), already_stored=True)
+
+    def _accept(self, name: str, version: int, received: Path, store_only: bool) -> PushResult:
         with open(received, "rb") as fh:
             header = inspect(cast(BinaryIO, fh))
         _match_header(header, name, version, "the push request")
+        same = self._already_stored(name, version, received)
+        if same is not None:
+            return same
         with self._lock:
-            known = [v for v, e in self._entries.get(name, {}).items() if e.valid and e.path is not None]
+            known = [v for v, e in self._entries.get(name, {}).items() if e.loadable]
         floor = max([self.highest_seen(name), *known])
         if version <= floor:
             raise RollbackRefused(
@@ -630,6 +656,12 @@ class ModelManager:
         try:
             checked = self._verify(received)
             _match_header(checked.header, name, version, "the push request")
+            if checked.opened is None and not store_only:
+                raise NotServable(
+                    "sealed for other recipients; push with store_only to keep it for fetch "
+                    f"(the gateway is {', '.join(i.public.key_id for i in self.identities) or 'no recipient'}, "
+                    f"the artifact is for {', '.join(r.key_id for r in checked.header.recipients)})"
+                )
             served = self._load(name, version, checked.opened) if checked.opened is not None else None
         except SealgateError as exc:
             self._note_refused_push(name, version, exc)
@@ -643,22 +675,23 @@ class ModelManager:
             if served is not None:
                 served.model.close()
             raise
-        try:
-            self._state = self.repo.update_state(_pushed(name, version))
-        except BaseException:
-            self.repo.remove(name, version)
-            if served is not None:
+        if served is not None:  # a store-only file neither raises the floor nor ends a rollback pin
+            try:
+                self._state = self.repo.update_state(_pushed(name, version))
+            except BaseException:
+                self.repo.remove(name, version)
                 served.model.close()
-            raise
+                raise
         entry = _Entry(name, version, ModelState.LOADING, path=path, served=served)
         checked.stamp = _stamp(path) or checked.stamp
         self._fill(entry, checked, late=False)
         checked.opened = None
         self._put(entry)
-        log.info("model %r version %d pushed and stored (%d bytes, sha256 %s)", name, version, entry.size, entry.sha256)
+        kind = "pushed and stored" if served is not None else "stored for fetch only (store_only)"
+        log.info("model %r version %d %s (%d bytes, sha256 %s)", name, version, kind, entry.size, entry.sha256)
         self._reconcile(name, {})
         with self._lock:
-            return self._status_locked(entry)
+            return PushResult.of(self._status_locked(entry))
 
     def _note_refused_push(self, name: str, version: int, exc: BaseException) -> None:
         """Keep a refused push visible in status (no file exists), bounded per model."""
@@ -723,6 +756,15 @@ def _match_header(header: Header, name: str, version: int, where: str) -> None:
             f"the artifact's header says {header.name!r} version {header.version}, "
             f"but {where} says {name!r} version {version}"
         )
+
+
+def _sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_READ_BLOCK):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

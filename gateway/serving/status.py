@@ -10,7 +10,7 @@ import copy
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gateway.backends import LoadedModel
@@ -56,6 +56,18 @@ class ModelStatus:
     size: int = 0
     sha256: str = ""
     signer: str = ""
+
+
+@dataclass(frozen=True)
+class PushResult(ModelStatus):
+    """What a push left: the version's status, and whether the gateway already held these exact bytes."""
+
+    already_stored: bool = False
+
+    @classmethod
+    def of(cls, status: ModelStatus, already_stored: bool = False) -> PushResult:
+        """The push result carrying `status` unchanged."""
+        return cls(**{f.name: getattr(status, f.name) for f in fields(ModelStatus)}, already_stored=already_stored)
 
 
 _SCALARS = (str, int, float, bool, type(None))

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ArtifactMetadata(_message.Message):
-    __slots__ = ("name", "version", "size", "sha256")
+    __slots__ = ("name", "version", "size", "sha256", "store_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    STORE_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     size: int
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    store_only: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., store_only: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("metadata", "chunk")
@@ -28,18 +30,20 @@ class PushRequest(_message.Message):
     def __init__(self, metadata: _Optional[_Union[ArtifactMetadata, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("name", "version", "size", "sha256", "state")
+    __slots__ = ("name", "version", "size", "sha256", "state", "already_stored")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     size: int
     sha256: str
     state: VersionStatus.State
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[VersionStatus.State, str]] = ...) -> None: ...
+    already_stored: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[VersionStatus.State, str]] = ..., already_stored: _Optional[bool] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("name", "version")

@@ -64,9 +64,10 @@ class ReleaseServicer:
     def Push(self, request_iterator, context):
         """Upload one sealed model file as a client stream: first a PushRequest with `metadata`, then
         PushRequests with `chunk` in file order. The server checks the byte count and SHA-256 against
-        the metadata, then stores, verifies (signature, header name/version, anti-rollback) and loads
+        the metadata, then verifies (signature, header name/version, anti-rollback), loads and stores
         the version. A size/digest mismatch or a failed verification fails the call with the error's
-        status (see gateway/errors.py) and leaves nothing behind.
+        status (see gateway/errors.py) and leaves nothing behind. The token is checked on the call's
+        metadata before any message is read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
