@@ -7,8 +7,12 @@ non-zero; no traceback reaches the user.
 
 from __future__ import annotations
 
+import errno
+import inspect as pyinspect
 import json
 import os
+import re
+import socket
 import sys
 
 # Native libraries log INFO lines from C++ (gRPC's fork handlers, TensorFlow's oneDNN notice) unless told
@@ -16,22 +20,78 @@ import sys
 for _var, _value in (("GRPC_VERBOSITY", "ERROR"), ("GLOG_minloglevel", "2"), ("TF_CPP_MIN_LOG_LEVEL", "2")):
     os.environ.setdefault(_var, _value)
 from pathlib import Path  # noqa: E402 (after the environment above)
-from typing import TYPE_CHECKING, Annotated  # noqa: E402 (after the environment above)
+from typing import TYPE_CHECKING, Annotated, Any  # noqa: E402 (after the environment above)
 
+import click  # noqa: E402 (after the environment above)
 import typer  # noqa: E402 (after the environment above)
+import typer.core  # noqa: E402 (after the environment above)
+import typer.models  # noqa: E402 (after the environment above)
+import typer.utils  # noqa: E402 (after the environment above)
 from rich.console import Console  # noqa: E402 (after the environment above)
+from rich.markup import escape  # noqa: E402 (after the environment above)
 
-from gateway.errors import SealgateError  # noqa: E402 (after the environment above)
+from gateway.errors import ConfigError, SealgateError  # noqa: E402 (after the environment above)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from gateway.config import Config
+    from gateway.protos.sealgate.v1 import release_pb2
     from gateway.release.client import Progress as ProgressFn
     from gateway.release.client import ReleaseClient
+
+
+class SealgateGroup(typer.core.TyperGroup):
+    """The root command group: before any help is shown, every help text of every command is made literal."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Make the help texts literal once, then run click's main."""
+        _literal_help(self)
+        return super().main(*args, **kwargs)
+
+
+def _literal_help(command: click.Command) -> None:
+    """Escape rich markup in the help of `command`, its parameters and its subcommands, recursively.
+
+    typer renders help through rich markup, which swallowed `[tls]`; help here is plain text. Arguments get
+    their help back too: click 8.5 resets the `help` that typer 0.20 stores on a TyperArgument.
+    """
+    if getattr(command, "_sealgate_literal", False):
+        return
+    command._sealgate_literal = True  # type: ignore[attr-defined]
+    declared = _declared_argument_help(command)
+    for attr in ("help", "short_help", "epilog"):
+        text = getattr(command, attr, None)
+        if text:
+            setattr(command, attr, escape(text))
+    for param in command.params:
+        if isinstance(param, click.Argument) and not getattr(param, "help", None) and param.name in declared:
+            param.help = declared[param.name]
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _literal_help(sub)
+
+
+def _declared_argument_help(command: click.Command) -> dict[str, str]:
+    """The help each `typer.Argument(help=...)` of the command's function declares, by parameter name."""
+    if command.callback is None:
+        return {}
+    try:
+        params = typer.utils.get_params_from_function(pyinspect.unwrap(command.callback))
+    except Exception:  # a callback typer did not build: nothing declared to restore
+        return {}
+    return {
+        name: info.default.help
+        for name, info in params.items()
+        if isinstance(info.default, typer.models.ArgumentInfo) and info.default.help
+    }
+
 
 app = typer.Typer(
     name="sealgate",
     help="Deploy machine-learning models privately: seal, serve, improve under DP, release.",
+    cls=SealgateGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -43,16 +103,77 @@ CertsDir = Annotated[Path, typer.Option("--dir", help="Folder of the dev PKI and
 
 
 def main() -> None:
-    """Console-script entry: run the app, turning sealgate's typed errors into one line and exit 1."""
+    """Console-script entry: every expected failure becomes one line on stderr and a non-zero exit.
+
+    sealgate's typed errors, file-system errors (a missing, unreadable or misplaced file), a port in use,
+    and command-line usage errors; anything else is a bug, shown as one line too (with its traceback only
+    when SEALGATE_TRACEBACK=1).
+    """
     try:
-        app()
+        code = app(prog_name="sealgate", standalone_mode=False)
     except SealgateError as exc:
-        # plain text on one line: the message may hold paths with brackets and must never wrap
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _fail(str(exc))
+    except click.exceptions.NoArgsIsHelpError as exc:  # the help itself, already shown by rich (or in the message)
+        if exc.format_message().strip():
+            print(exc.format_message(), file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        _fail(_usage_message(exc), exc.exit_code)
+    except click.Abort:
+        _fail("aborted")
     except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+        _fail("interrupted", 130)
+    except OSError as exc:
+        _fail(_os_message(exc))
+    except Exception as exc:
+        if os.environ.get("SEALGATE_TRACEBACK") == "1":
+            raise
+        if _is_bind_failure(exc):
+            _fail(_bind_message(exc))
+        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug; SEALGATE_TRACEBACK=1 shows where)")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    """Print `error: message` as one plain line on stderr (it may hold paths with brackets) and exit."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _usage_message(exc: click.ClickException) -> str:
+    """A usage error in one line, naming the command whose --help explains it."""
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"{exc.format_message()}{where}"
+
+
+def _os_message(exc: OSError) -> str:
+    """`path: reason` for a file-system error; the port for a bind failure."""
+    if exc.errno == errno.EADDRINUSE:
+        return _bind_message(exc)
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
+def _bind_message(exc: BaseException) -> str:
+    """The one-line `port HOST:PORT is in use` from gRPC's or asyncio's bind failure (both name the address)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    match = re.search(r"address \('([^']*)', (\d+)", text) or re.search(r"address (\S+?)[;:,]?(?:\s|$)", text)
+    if match is None:
+        return f"a port is in use: {text}"
+    address = f"{match.group(1)}:{match.group(2)}" if match.lastindex == 2 else match.group(1)
+    return f"port {address} is in use"
+
+
+def _is_bind_failure(exc: BaseException) -> bool:
+    """Whether `exc` is gRPC's refusal to bind (a RuntimeError) or a socket's EADDRINUSE."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EADDRINUSE
+    return isinstance(exc, RuntimeError) and "Failed to bind" in str(exc)
 
 
 # --- keys and tokens ------------------------------------------------------------------------------
@@ -208,9 +329,16 @@ def unseal(
 @app.command("inspect")
 def inspect_cmd(sealed: Path) -> None:
     """Print a sealed artifact's header; needs no key."""
+    from gateway.artifact.render import render_header
     from gateway.artifact.sealed import inspect
 
-    out.print_json(json.dumps(inspect(sealed).describe()))
+    typer.echo(render_header(inspect(sealed)))
+
+
+def _require_folder(folder: Path, option: str) -> None:
+    """Refuse, before any work, an output whose folder does not exist."""
+    if not folder.is_dir():
+        raise ConfigError(f"{option}: folder {folder} does not exist")
 
 
 def _read_json(path: Path) -> dict:
@@ -224,20 +352,65 @@ def _read_json(path: Path) -> dict:
 
 
 # --- serving and release ---------------------------------------------------------------------------
-Address = Annotated[str, typer.Option(help="Gateway gRPC address.")]
+Address = Annotated[str, typer.Option(envvar="SEALGATE_ADDRESS", help="Gateway gRPC address.")]
 Token = Annotated[str | None, typer.Option(help="Bearer token (default: $SEALGATE_TOKEN).")]
 Cert = Annotated[Path | None, typer.Option(help="Client certificate (default: DIR/client.pem).")]
 
 
 @app.command()
 def serve(
-    config: Annotated[Path | None, typer.Option(help="TOML config (default: ./models with ./certs).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(envvar="SEALGATE_CONFIG", help="TOML config (default: ./models with ./certs)."),
+    ] = None,
 ) -> None:
     """Serve sealed models over gRPC (8500) and REST (8501) behind mTLS and JWT, until SIGTERM."""
     from gateway.config import load_config
     from gateway.server.app import serve as run
 
-    raise typer.Exit(run(load_config(config)))
+    cfg = load_config(config)
+    _refuse_taken_ports(cfg)
+    raise typer.Exit(run(cfg))
+
+
+def _listen_addresses(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, address) of every listener `serve` will open."""
+    server = cfg.server
+    found = [("[server] grpc_address", server.grpc_address)]
+    if getattr(server, "rest", True):
+        found.append(("[server] rest_address", server.rest_address))
+    metrics = getattr(server, "metrics_address", "")
+    if metrics:
+        found.append(("[server] metrics_address", metrics))
+    return found
+
+
+def _refuse_taken_ports(cfg: Config) -> None:
+    """Refuse, before anything starts, an address some other process already listens on.
+
+    A plain bind with SO_REUSEADDR (so a port in TIME_WAIT is free) and without SO_REUSEPORT (so another
+    gRPC server's port counts as taken); the servers' own bind failures are the backstop for a race.
+    """
+    for key, address in _listen_addresses(cfg):
+        host, _, port_text = address.rpartition(":")
+        host = host.strip("[]")
+        if not port_text.isascii() or not port_text.isdigit() or int(port_text) == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (OSError, UnicodeError):
+            continue  # the server reports an address it cannot resolve
+        for family, kind, proto, _, sockaddr in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise ConfigError(
+                            f"port {address} is in use ({key}); stop what holds it or choose another"
+                        ) from None
+                    raise ConfigError(f"cannot listen on {address} ({key}): {exc.strerror or exc}") from None
 
 
 def _client(address: str, dir: Path, token: str | None, cert: Path | None) -> ReleaseClient:
@@ -275,21 +448,28 @@ def push(
     dir: CertsDir = Path("certs"),
     token: Token = None,
     cert: Cert = None,
+    store_only: Annotated[
+        bool,
+        typer.Option(
+            "--store-only",
+            help="Keep an artifact the gateway cannot open (sealed for other recipients) for fetch only; "
+            "it is never served.",
+        ),
+    ] = False,
 ) -> None:
-    """Push a sealed artifact to the gateway (scope release:<model>); it serves once verified."""
+    """Push a sealed artifact to the gateway (scope release:<model>); it serves once verified.
+
+    One sealed for other recipients is refused (FAILED_PRECONDITION, nothing stored) unless --store-only.
+    """
     from gateway.artifact.sealed import inspect
+    from gateway.release.client import push_summary
 
     header = inspect(sealed)
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"push {header.name} v{header.version}")
     with client, bar:
-        resp = client.push(sealed, header.name, header.version, progress=update)
-    from gateway.protos.sealgate.v1 import release_pb2 as pb
-
-    out.print(
-        f"pushed {resp.name} v{resp.version} ({resp.size} bytes): {pb.VersionStatus.State.Name(resp.state)}",
-        highlight=False,
-    )
+        resp = client.push(sealed, header.name, header.version, progress=update, store_only=store_only)
+    out.print(push_summary(resp), highlight=False)
 
 
 @app.command()
@@ -303,6 +483,7 @@ def fetch(
     cert: Cert = None,
 ) -> None:
     """Fetch a sealed artifact (scope fetch:<model>); open it offline with `sealgate unseal`."""
+    _require_folder(out_file.parent, "--out")
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"fetch {name}")
     with client, bar:
@@ -320,6 +501,9 @@ def models(
     dir: CertsDir = Path("certs"),
     token: Token = None,
     cert: Cert = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for a gateway that is still starting (UNAVAILABLE).")
+    ] = 0.0,
 ) -> None:
     """List models, versions and their state on the gateway."""
     from rich.table import Table
@@ -327,7 +511,7 @@ def models(
     from gateway.protos.sealgate.v1 import release_pb2 as pb
 
     with _client(address, dir, token, cert) as client:
-        resp = client.list(name)
+        resp = _list_when_up(client, name, wait)
     table = Table("model", "version", "state", "pinned", "ε", "accuracy", "reason")
     for m in resp.models:
         for v in m.versions:
@@ -343,6 +527,24 @@ def models(
                 v.reason[:60],
             )
     out.print(table)
+
+
+def _list_when_up(client: ReleaseClient, name: str, wait: float) -> release_pb2.ListResponse:
+    """`client.list(name)`, retried while the gateway answers UNAVAILABLE, for at most `wait` seconds."""
+    import time
+
+    import grpc
+
+    from gateway.release.client import RemoteError
+
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        try:
+            return client.list(name)
+        except RemoteError as exc:
+            if exc.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.25)
 
 
 @app.command()
@@ -453,9 +655,13 @@ BENCHES = {
 }
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    help=f"Run a benchmark from bench/: NAME is one of {', '.join(BENCHES)}. Arguments after `--` go to the "
+    "benchmark (e.g. `sealgate bench seal -- --size-mb 256`); figures are in the README.",
+)
 def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help=f"One of: {', '.join(BENCHES)}.")]) -> None:
-    """Run a benchmark from bench/ (extra arguments are passed through); figures are in the README."""
+    """Run one benchmark script of bench/ in a subprocess, passing extra arguments through."""
     import subprocess
 
     script = BENCHES.get(name)

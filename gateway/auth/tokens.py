@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.defaults import AUDIENCE, ISSUER, TOKEN_TTL_S
 from gateway.auth.jwk import algorithm_for_key, b64url, jwk_thumbprint, public_jwk
-from gateway.errors import ConfigError
+from gateway.auth.scopes import check_scopes
+from gateway.errors import ConfigError, clip
 
 _MAX_TTL_S = 30 * 24 * 3600
 
@@ -103,11 +104,11 @@ def _resolve_kid(key: object, jwks_path_or_kid: Path | str | None) -> str:
 
 
 def _check_scopes(scopes: Sequence[str] | str) -> list[str]:
-    """Validate scopes: printable ASCII without spaces or quotes (RFC 6749 §3.3), at least one."""
+    """Validate scopes: printable ASCII without spaces or quotes (RFC 6749 §3.3), at least one, and each one
+    the gateway could grant (`gateway.auth.scopes`): a token never carries a scope that silently grants nothing.
+    """
     items = scopes.split() if isinstance(scopes, str) else list(scopes)
     for s in items:
         if not isinstance(s, str) or not s or any(not (0x21 <= ord(c) <= 0x7E) or c in '"\\' for c in s):
-            raise ConfigError(f"invalid scope {s!r}")
-    if not items:
-        raise ConfigError("a token needs at least one scope")
-    return items
+            raise ConfigError(f"invalid scope {clip(s)!r}")
+    return check_scopes(items)
