@@ -1,10 +1,11 @@
 # sealgate: every target bootstraps its own virtual environment from the project's files.
 PY ?= python3
 VENV := .venv
+FUZZ_SECONDS ?= 600
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test test-slow lint protos bench clean
+.PHONY: all demo test test-slow lint protos bench fuzz clean
 
 all: test
 
@@ -18,15 +19,15 @@ demo: $(STAMP)
 	$(BIN)/sealgate demo
 
 test: $(STAMP)
-	$(BIN)/ruff check gateway fl tests bench
+	$(BIN)/ruff check gateway fl tests bench fuzz
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway fl tests bench
-	$(BIN)/ruff format --check gateway fl tests bench
+	$(BIN)/ruff check gateway fl tests bench fuzz
+	$(BIN)/ruff format --check gateway fl tests bench fuzz
 
 protos: $(STAMP)
 	$(BIN)/python -m gateway.protos.generate
@@ -36,6 +37,10 @@ bench: $(STAMP)
 	$(BIN)/sealgate bench serve
 	$(BIN)/sealgate bench optimize
 	$(BIN)/sealgate bench privacy
+
+# every fuzz harness for FUZZ_SECONDS each (coverage-guided, atheris); a crash fails the target
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
