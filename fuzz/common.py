@@ -170,7 +170,10 @@ class Harness:
         """An allowed refusal must still be a client error with a bounded, one-line message."""
         kind = type(exc).__name__
         self.stats.refused[kind] = self.stats.refused.get(kind, 0) + 1
-        status = getattr(exc, "http_status", 400)
+        from gateway.errors import SealgateError  # here, not at the top: see the module docstring
+        from gateway.server.status_map import codes
+
+        status = codes(exc)[1] if isinstance(exc, SealgateError) else 400
         if isinstance(status, int) and status >= 500:
             raise FuzzFailure(f"{self.name}: client input became a server error {status} ({kind}: {str(exc)[:200]})")
         message = str(exc)

@@ -15,8 +15,11 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
+# The one definition of the dev issuer, audience and accepted JWT algorithms: gateway/auth/defaults.py,
+# the token verifier and `sealgate init` import these (this module stays light: no gRPC, no auth stack).
 DEV_ISSUER = "https://sealgate.local/dev-issuer"
 DEV_AUDIENCE = "sealgate"
+DEFAULT_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 
 
 @dataclass
@@ -75,7 +78,7 @@ class AuthConfig:
     issuer: str = DEV_ISSUER
     audience: str = DEV_AUDIENCE
     leeway_s: int = 30
-    algorithms: list[str] = field(default_factory=lambda: ["ES256", "ES384", "RS256", "PS256", "EdDSA"])
+    algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
     max_token_lifetime_s: int = 86_400  # a token with exp - iat (or exp - now) above this is refused; 0: unlimited
 
 

@@ -1,27 +1,20 @@
-"""The one exception hierarchy of sealgate, and its single mapping to gRPC and HTTP status codes.
+"""The one exception hierarchy of sealgate: plain classes that know no transport.
 
-Every module raises these; the servers translate them here and nowhere else, so a client's
-mistake never surfaces as INTERNAL and no traceback ever reaches a client.
+Every module raises these; the front ends translate them to gRPC and HTTP status codes in one table,
+gateway/server/status_map.py, so a client's mistake never surfaces as INTERNAL and no traceback ever
+reaches a client. Importing this module imports no gRPC, so the offline paths (unseal, fl/) stay light.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class SealgateError(Exception):
     """Base of every error sealgate raises on purpose; its message is one line, safe to show."""
 
-    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    http_status: int = 500
-
 
 # --- artifact -------------------------------------------------------------------------------------
 class ArtifactError(SealgateError):
     """A sealed artifact could not be opened or made."""
-
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    http_status = 400
 
 
 class UnsupportedFormat(ArtifactError):
@@ -55,9 +48,6 @@ class MetadataMismatch(ArtifactError):
 class NotServable(NotARecipient):
     """A push the gateway cannot open (sealed for other recipients) without an explicit `store_only`."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 412
-
 
 class SignatureError(ArtifactError):
     """An OMS signature is missing, malformed or does not match the model's files."""
@@ -67,59 +57,35 @@ class SignatureError(ArtifactError):
 class NotFound(SealgateError):
     """No such model or version."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
-    http_status = 404
-
 
 class RollbackRefused(SealgateError):
     """A version at or below the highest seen for a model, outside an explicit rollback."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 412
-
 
 class Unavailable(SealgateError):
     """The server or model is not ready."""
-
-    grpc_code = grpc.StatusCode.UNAVAILABLE
-    http_status = 503
 
 
 # --- requests -------------------------------------------------------------------------------------
 class InvalidInput(SealgateError):
     """Wrong shape, dtype, size, unknown or missing tensor."""
 
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    http_status = 400
-
 
 class TooLarge(SealgateError):
     """A message or stream beyond the configured limit."""
-
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 413
 
 
 class StreamTimeout(SealgateError):
     """A stream that sent its first message or its whole content too late."""
 
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
-    http_status = 408
-
 
 class Overloaded(SealgateError):
     """More requests in progress than the server takes (`[server] max_concurrent_requests`)."""
-
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 429
 
 
 # --- auth -----------------------------------------------------------------------------------------
 class Unauthenticated(SealgateError):
     """No token, or a token that does not verify. `reason` feeds metrics, never the token itself."""
-
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
-    http_status = 401
 
     def __init__(self, message: str, reason: str = "invalid") -> None:
         super().__init__(message)
@@ -132,9 +98,6 @@ class PermissionDenied(SealgateError):
     `reason` ("scope" or "binding") feeds metrics.
     """
 
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
-    http_status = 403
-
     def __init__(self, message: str, reason: str = "scope") -> None:
         super().__init__(message)
         self.reason = reason
@@ -144,15 +107,9 @@ class PermissionDenied(SealgateError):
 class ConfigError(SealgateError):
     """A configuration file or option is invalid."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 500
-
 
 class GateFailed(SealgateError):
     """A release verification gate failed; the message names the gate and by how much."""
-
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 412
 
 
 CLIP_MARK = "…"
@@ -172,17 +129,3 @@ def clip(text: object, limit: int = 128) -> str:
     if len(raw) > limit or len(head) > limit:
         return head[:limit] + CLIP_MARK
     return head
-
-
-def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Map any exception to (code, client-safe message); unexpected errors reveal nothing."""
-    if isinstance(exc, SealgateError):
-        return exc.grpc_code, clip(exc, MAX_MESSAGE_CHARS)
-    return grpc.StatusCode.INTERNAL, "internal error"
-
-
-def http_status(exc: BaseException) -> tuple[int, str]:
-    """Map any exception to (HTTP status, client-safe message)."""
-    if isinstance(exc, SealgateError):
-        return exc.http_status, clip(exc, MAX_MESSAGE_CHARS)
-    return 500, "internal error"

@@ -54,7 +54,8 @@ from gateway.auth import (
 )
 from gateway.auth.audit import FIELDS, audit_line
 from gateway.auth.jwt_verify import REASONS
-from gateway.errors import ConfigError, PermissionDenied, SealgateError, Unauthenticated, grpc_status
+from gateway.errors import ConfigError, PermissionDenied, SealgateError, Unauthenticated
+from gateway.server.status_map import grpc_status
 
 METHOD = "/test.Echo/Call"
 
@@ -252,7 +253,7 @@ def test_policy_message_and_unknown_action() -> None:
     with pytest.raises(PermissionDenied) as info:
         authorize(claims, "infer", "ctr")
     assert str(info.value) == "token lacks scope infer:ctr"
-    assert info.value.grpc_code == grpc.StatusCode.PERMISSION_DENIED
+    assert grpc_status(info.value)[0] == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(ValueError):
         authorize(claims, "delete", "ctr")
 

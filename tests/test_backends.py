@@ -253,7 +253,7 @@ def test_detect_framework_finds_onnx_and_savedmodel() -> None:
         ({"b/c.onnx": b"", "a.onnx": b""}, "more than one ONNX file in the model: a.onnx, b/c.onnx"),
         (
             {"saved_model.pb": b"", "model.onnx": b""},
-            "ambiguous model: both a SavedModel (saved_model.pb) and ONNX files (model.onnx)",
+            "ambiguous model: the files fit more than one backend (onnx, tensorflow); found model.onnx, saved_model.pb",
         ),
     ],
     ids=["empty", "nested-savedmodel", "two-onnx", "both"],

@@ -24,6 +24,7 @@ from gateway.artifact import container, envelope, signing
 from gateway.artifact.container import DEFAULT_LIMITS, Limits, SourceFile
 from gateway.artifact.envelope import Header
 from gateway.artifact.keys import Identity, RecipientKey, signer_key_id
+from gateway.backends import registry
 from gateway.errors import ArtifactError, MetadataMismatch, SignatureError, UnsafeArchive, UntrustedSigner
 from gateway.fsutil import atomic_write
 from gateway.versions import check_version
@@ -65,15 +66,6 @@ class TrustStore:
         return cls({signer_key_id(k): k for k in keys})
 
 
-def detect_framework(names: Sequence[str]) -> str:
-    """Name the framework of a model from its file names (for the header and provenance)."""
-    if "saved_model.pb" in names:
-        return "tensorflow"
-    if any(n.endswith(".onnx") for n in names):
-        return "onnx"
-    return "unknown"
-
-
 def build_provenance(
     name: str, version: int, framework: str, extra: Mapping[str, Any] | None, created: str
 ) -> dict[str, Any]:
@@ -113,7 +105,7 @@ def seal(
     if provenance:
         base.update(provenance)
     created = now_rfc3339()
-    framework = detect_framework([f.name for f in files])
+    framework = registry.framework_of([f.name for f in files])  # the backend that will load it, or unknown
     prov = build_provenance(name, version, framework, base, created)
     prov_bytes = json.dumps(prov, indent=2, sort_keys=True).encode() + b"\n"
     files.append(SourceFile(PROVENANCE, len(prov_bytes), data=prov_bytes))

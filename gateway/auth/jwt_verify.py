@@ -25,6 +25,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
+from gateway.auth.defaults import ALGORITHMS as DEFAULT_ALGORITHMS
 from gateway.auth.jwks import FileJwks, JwksSource, UrlJwks, parse_jwks
 from gateway.errors import ConfigError, Unauthenticated
 
@@ -44,7 +45,6 @@ REASONS = frozenset(
         "lifetime",
     }
 )
-DEFAULT_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 # Asymmetric only: HS* (a public key used as an HMAC secret) and `none` can never be enabled.
 SAFE_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"})
 ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})

@@ -1,4 +1,4 @@
-"""Pick the backend for an opened model and load it: ONNX Runtime or TensorFlow.
+"""Load an opened model with the backend its files call for (gateway/backends/registry.py decides which).
 
 The model arrives as an in-memory mapping of relative POSIX path -> bytes (the verified, decrypted
 directory); backends are imported only when a model of their kind is loaded.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.backends import registry
 from gateway.backends.base import BackendConfig, LoadedModel
-from gateway.errors import UnsafeArchive, UnsupportedFormat
+from gateway.backends.registry import SAVED_MODEL, onnx_files
+from gateway.errors import UnsafeArchive
 
 ONNX = "onnx"
 TENSORFLOW = "tensorflow"
-SAVED_MODEL = "saved_model.pb"
 
-_SHOWN = 8
+__all__ = ["ONNX", "SAVED_MODEL", "TENSORFLOW", "check_paths", "detect_framework", "load_model", "onnx_files"]
 
 
 def check_paths(files: Mapping[str, bytes]) -> None:
@@ -32,45 +33,13 @@ def check_paths(files: Mapping[str, bytes]) -> None:
             raise UnsafeArchive(f"unsafe path in model files: {path!r}")
 
 
-def _listing(files: Mapping[str, bytes]) -> str:
-    """A short list of the files, for error messages."""
-    names = sorted(files)
-    more = f", ... ({len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
-    return (", ".join(names[:_SHOWN]) + more) or "no files"
-
-
-def onnx_files(files: Mapping[str, bytes]) -> list[str]:
-    """The *.onnx files among the model's files, sorted."""
-    return sorted(path for path in files if path.endswith(".onnx"))
-
-
 def detect_framework(files: Mapping[str, bytes]) -> str:
-    """'onnx' for exactly one *.onnx file, 'tensorflow' for saved_model.pb at the root; else refuse."""
-    found_onnx = onnx_files(files)
-    has_saved_model = SAVED_MODEL in files
-    if found_onnx and has_saved_model:
-        raise UnsupportedFormat(
-            f"ambiguous model: both a SavedModel ({SAVED_MODEL}) and ONNX files ({', '.join(found_onnx)})"
-        )
-    if len(found_onnx) > 1:
-        raise UnsupportedFormat(f"more than one ONNX file in the model: {', '.join(found_onnx)}")
-    if found_onnx:
-        return ONNX
-    if has_saved_model:
-        return TENSORFLOW
-    raise UnsupportedFormat(
-        f"no model found: expected one *.onnx file or {SAVED_MODEL} at the root; found {_listing(files)}"
-    )
+    """The name of the one registered backend these files fit ('onnx', 'tensorflow', ...); else refuse."""
+    return registry.detect(files).name
 
 
 def load_model(files: Mapping[str, bytes], config: BackendConfig | None = None) -> LoadedModel:
-    """Check the paths, detect the framework and load the model with the matching backend."""
+    """Check the paths, pick the backend from the registry and load the model with it."""
     config = config if config is not None else BackendConfig()
     check_paths(files)
-    if detect_framework(files) == ONNX:
-        from gateway.backends.onnx_backend import load_onnx
-
-        return load_onnx(onnx_files(files)[0], files, config)
-    from gateway.backends.tf_backend import load_tensorflow
-
-    return load_tensorflow(files, config)
+    return registry.detect(files).load(files, config)

@@ -29,7 +29,6 @@ class RemoteError(SealgateError):
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
-        self.grpc_code = code
         self.code = code
 
 

@@ -24,10 +24,10 @@ from gateway.errors import (
     SealgateError,
     Unauthenticated,
     clip,
-    grpc_status,
 )
 from gateway.server.limits import Slots, slot_key
 from gateway.server.recorder import CallRecord, CallRecorder
+from gateway.server.status_map import grpc_code, grpc_status
 from gateway.serving.repository import NAME_PATTERN
 
 log = logging.getLogger("sealgate.server")
@@ -64,7 +64,7 @@ class Call:
         elapsed = time.perf_counter() - self.started
         if exc is not None:
             if isinstance(exc, SealgateError):
-                self.status, self.reason = exc.grpc_code, str(exc)
+                self.status, self.reason = grpc_code(exc), str(exc)
             elif not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the client went away
                 self.status, self.reason = grpc.StatusCode.CANCELLED, "cancelled"
             else:

@@ -1,9 +1,9 @@
 """`inference.GRPCInferenceService`: the Open Inference Protocol (KServe V2 / Triton) over grpc.aio.
 
 Every call but health is authorized in the handler (interceptors cannot see the client certificate),
-then audited and measured by the Guard. ONNX models run inline on the event loop, as a bare server
-would (a small model costs microseconds and ONNX Runtime is thread-safe); TensorFlow models run in a
-worker thread so a slow graph does not stall other calls.
+then audited and measured by the Guard. A model whose backend declares `runs_inline` (ONNX: a small
+model costs microseconds and ONNX Runtime is thread-safe) runs on the event loop, as a bare server would;
+others (TensorFlow) run in a worker thread so a slow graph does not stall other calls.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import grpc
 
 from gateway import versions
 from gateway.auth.peer import PeerIdentity, peer_from_auth_context
-from gateway.errors import SealgateError, grpc_status
+from gateway.backends import registry
+from gateway.errors import SealgateError
 from gateway.protos.inference import grpc_service_pb2 as pb
 from gateway.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.server.guard import Call, Guard
 from gateway.server.limits import Slots
+from gateway.server.status_map import grpc_status
 from gateway.server.tensors import decode_inputs, decode_off_loop, encode_outputs
 from gateway.serving.manager import ModelManager
 
@@ -173,7 +175,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             inputs = decode_inputs(request)
         requested = [o.name for o in request.outputs] if request.outputs else None
         model = served.model
-        if model.platform.startswith("onnx"):
+        if registry.runs_inline(model.platform):
             outputs = model.infer(inputs, requested)
         else:
             outputs = await asyncio.to_thread(model.infer, inputs, requested)

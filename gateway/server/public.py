@@ -18,9 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 
 from gateway.auth.peer import PeerIdentity
-from gateway.errors import NotFound, grpc_status
+from gateway.errors import NotFound
 from gateway.server.guard import Guard
 from gateway.server.inference import PeerCache
+from gateway.server.status_map import grpc_status
 
 _STATUS = health_pb2.HealthCheckResponse
 SERVER = ""  # the only health service name answered: the gateway as a whole

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ServerConfig
-from gateway.errors import InvalidInput, StreamTimeout, TooLarge, clip, grpc_status
+from gateway.errors import InvalidInput, StreamTimeout, TooLarge, clip
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
 from gateway.server.guard import Call, Guard
 from gateway.server.inference import PeerCache
 from gateway.server.limits import Slots, slot_key
+from gateway.server.status_map import grpc_status
 from gateway.serving.manager import ModelManager
 from gateway.serving.repository import check_name
 from gateway.versions import check_version

@@ -14,8 +14,8 @@ request, refused or served, is authorized, audited and counted (HTTP-level refus
    Content-Length against the body limit (413), and the body, read to exactly that many bytes.
 4. One deadline (`request_timeout_s`) covers head and body from the request's first byte: past it, 408,
    close, and the slot is free again. An idle keep-alive connection is closed after the same time.
-5. Strict JSON (gateway.server.strict_json); a body above INLINE_BODY_BYTES, or a model that is not ONNX,
-   is decoded and run in a worker thread (as gRPC runs TensorFlow), so the event loop stays free.
+5. Strict JSON (gateway.server.strict_json); a body above INLINE_BODY_BYTES, or a model whose backend is
+   not `runs_inline`, is decoded and run in a worker thread (as gRPC does), so the event loop stays free.
 
 Sans-IO entry, for fuzzing: `RestApp(manager, guard, limits).respond(data: bytes, peer: PeerIdentity =
 ANONYMOUS) -> bytes` runs raw request bytes (one or several pipelined requests, then end of stream)
@@ -32,10 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import h11
 
 from gateway.auth.peer import ANONYMOUS, PeerIdentity, peer_from_cert
+from gateway.backends import registry
 from gateway.config import ServerConfig
 from gateway.errors import (
     ConfigError,
@@ -46,11 +46,11 @@ from gateway.errors import (
     TooLarge,
     Unauthenticated,
     clip,
-    http_status,
 )
 from gateway.server import strict_json
 from gateway.server.guard import Call, Guard
 from gateway.server.limits import Slots
+from gateway.server.status_map import HttpRefusal, http_status
 from gateway.serving.manager import ModelManager
 from gateway.versions import parse_version
 
@@ -82,25 +82,6 @@ _REASONS = {
     503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
-_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    414: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    431: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    505: grpc.StatusCode.INVALID_ARGUMENT,
-}
-
-
-class HttpRefusal(SealgateError):
-    """A request refused at the HTTP layer (bad framing, sizes, deadline), with its own HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.http_status = status
-        self.grpc_code = _CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class _Gone(BaseException):
@@ -422,7 +403,7 @@ class _Connection:
             raise TooLarge(f"request body of {self.body_left} bytes exceeds the limit of {self.limits.max_body_bytes}")
         with app.slots.hold(self.peer.thumbprint or ""):
             raw = await self._body()
-            if len(raw) > INLINE_BODY_BYTES or not served.model.platform.startswith("onnx"):
+            if len(raw) > INLINE_BODY_BYTES or not registry.runs_inline(served.model.platform):
                 return await asyncio.to_thread(predict, served, raw, self.limits.max_json_depth)
             return predict(served, raw, self.limits.max_json_depth)
 

@@ -10,8 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.errors import InvalidInput, clip, grpc_status, http_status
+from gateway.errors import InvalidInput, clip
 from gateway.server.app import GatewayThread
+from gateway.server.status_map import grpc_status, http_status
 from tests import harness
 from tests.security import _grpc
 
