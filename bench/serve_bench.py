@@ -169,6 +169,7 @@ def main() -> None:
             .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{old_port}")
             .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{old_rest}")
             .replace('path = "audit.log"', 'path = "baseline-audit.log"')
+            .replace('metrics_address = "127.0.0.1:0"\n', "")  # a key older trees do not know
         )
         old = subprocess.Popen(
             [py, "-m", "gateway.cli", "serve", "--config", str(old_toml)],
