@@ -13,7 +13,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,8 +35,9 @@ from gateway.protos import pool
 from gateway.protos.inference import grpc_service_pb2 as inference_pb2
 from gateway.protos.inference import grpc_service_pb2_grpc as inference_grpc
 from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
-from gateway.server.guard import Guard
-from gateway.server.inference import InferenceService, PeerCache
+from gateway.server.dataplane import DataPlane
+from gateway.server.guard import Guard, PeerCache
+from gateway.server.inference import InferenceService
 from gateway.server.limits import BACKSTOP_FACTOR, Slots
 from gateway.server.metrics import Metrics
 from gateway.server.metrics_http import MetricsServer
@@ -92,6 +95,9 @@ class Gateway:
         revocation = RevocationList(Path(config.tls.crl), config.tls.ca) if config.tls.crl else None
         self.guard = Guard(Authorizer(verifier, revocation=revocation, client_ca=config.tls.ca), self.recorder)
         self.manager.metrics = self.metrics
+        self.dataplane = DataPlane(self.manager)
+        # every gRPC service the server registers, by full name: reflection lists exactly these
+        self.services: dict[str, object] = {}
         self.grpc_port = 0
         self.rest_port = 0
         self.metrics_port = 0
@@ -119,30 +125,29 @@ class Gateway:
             ],
         )
         peers = self._peers
-        inference_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.manager, self.guard, peers, self.grpc_slots), self._server
-        )
-        release_pb2_grpc.add_ReleaseServicer_to_server(
-            ReleaseService(self.manager, self.guard, peers, cfg.server, self.grpc_slots), self._server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        inference = InferenceService(self.manager, self.guard, peers, self.grpc_slots, self.dataplane)
+        add_inference = inference_grpc.add_GRPCInferenceServiceServicer_to_server
+        self._add(inference_pb2, "GRPCInferenceService", inference, add_inference)
+        release = ReleaseService(self.manager, self.guard, peers, cfg.server, self.grpc_slots)
+        self._add(release_pb2, "Release", release, release_pb2_grpc.add_ReleaseServicer_to_server)
+        self._add(health_pb2, "Health", self._health, health_pb2_grpc.add_HealthServicer_to_server)
         pool.mirror(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
-        names = (
-            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            release_pb2.DESCRIPTOR.services_by_name["Release"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        )
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            PublicReflection(names, self.guard, peers, pool=pool.POOL), self._server
-        )
+        names = (*self.services, reflection.SERVICE_NAME)
+        reflector = PublicReflection(names, self.guard, peers, pool=pool.POOL)
+        add_reflection = reflection_pb2_grpc.add_ServerReflectionServicer_to_server
+        self._add(reflection_pb2, "ServerReflection", reflector, add_reflection)
         creds = server_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
         self.grpc_port = self._server.add_secure_port(cfg.server.grpc_address, creds)
         await self._server.start()
         if cfg.server.rest:
             ctx = ssl_context_for_rest(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
             self._rest = RestServer(
-                cfg.server.rest_address, self.manager, self.guard, ctx, RestLimits.from_config(cfg.server)
+                cfg.server.rest_address,
+                self.manager,
+                self.guard,
+                ctx,
+                RestLimits.from_config(cfg.server),
+                self.dataplane,
             )
             await self._rest.start()
             self.rest_port = self._rest.port
@@ -158,6 +163,12 @@ class Gateway:
             self.rest_port or "off",
             self.metrics_port or "off",
         )
+
+    def _add(self, module: Any, service: str, servicer: object, add: Callable[[Any, grpc.aio.Server], None]) -> None:
+        """Register `servicer` as `module`'s `service` on the gRPC server and in `self.services`."""
+        assert self._server is not None
+        add(servicer, self._server)
+        self.services[module.DESCRIPTOR.services_by_name[service].full_name] = servicer
 
     async def _sync_health(self) -> None:
         status = health_pb2.HealthCheckResponse

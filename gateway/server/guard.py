@@ -1,5 +1,12 @@
 """What wraps every call, gRPC or REST: authorization, then one audit line and one metrics sample.
 
+Each gRPC method declares here, in one line, what it needs: `@guarded(action, model=FIELD)` (a token with
+the scope `action` on the model named by the request's FIELD, then a slot of the caller), `@guarded_stream`
+(a stream admitted on its metadata, each message authorized), or `@public(NAME)` (no token: the client
+certificate check only). The decorators authorize, take the slot, audit, measure and map errors, so a
+handler only translates its request; `declaration(method)` reads a declaration back (the guard-walk test
+proves every registered method carries one and is refused without a token unless it is public).
+
 Knows nothing of models beyond their names. The status recorded is the one the client receives; an
 unexpected exception is logged here (server side, with its traceback) and reaches the client only as
 "internal error". Streams are admitted on their metadata (authenticated, then given a concurrency slot)
@@ -8,14 +15,19 @@ before any message is read, so a caller without a valid token holds nothing.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Protocol
 
 import grpc
 
 from gateway.auth.authorizer import Authorizer, Metadata, Principal
-from gateway.auth.peer import PeerIdentity
+from gateway.auth.peer import PeerIdentity, peer_from_auth_context
 from gateway.errors import (
     InvalidInput,
     NotFound,
@@ -40,7 +52,19 @@ class Call:
     and the generator machinery alone cost a few microseconds.
     """
 
-    __slots__ = ("_rec", "method", "model", "peer", "principal", "protocol", "reason", "started", "status", "version")
+    __slots__ = (
+        "_rec",
+        "metadata",
+        "method",
+        "model",
+        "peer",
+        "principal",
+        "protocol",
+        "reason",
+        "started",
+        "status",
+        "version",
+    )
 
     def __init__(self, recorder: CallRecorder, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> None:
         self._rec = recorder
@@ -52,6 +76,7 @@ class Call:
         self.principal: Principal | None = None
         self.status = grpc.StatusCode.OK
         self.reason: str | None = None
+        self.metadata: Metadata = ()
         self.started = time.perf_counter()
 
     def __enter__(self) -> Call:
@@ -157,3 +182,219 @@ class Guard:
     def call(self, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> Call:
         """A Call to run a body in (`with guard.call(...) as call:`); records it however it ends."""
         return Call(self.recorder, protocol, method, peer, model)
+
+
+class PeerCache:
+    """Parse each distinct client certificate once (connections reuse the same PEM bytes)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._cache: dict[bytes, PeerIdentity] = {}
+        self._size = size
+
+    def get(self, context: grpc.aio.ServicerContext) -> PeerIdentity:
+        """The identity of the call's client certificate (ANONYMOUS-like when there is none)."""
+        auth = context.auth_context()
+        pem = (auth.get("x509_pem_cert") or [b""])[0]
+        peer = self._cache.get(pem)
+        if peer is None:
+            peer = peer_from_auth_context(auth)
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            self._cache[pem] = peer
+        return peer
+
+
+# --- declarations -------------------------------------------------------------------------------
+IN_STREAM = "<stream>"  # the model is named inside the request stream: the handler authorizes it there
+DECLARATION = "__sealgate_guard__"
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What one RPC needs: the scope `action` (None: any valid token) on the model in request field `model`.
+
+    `public` methods need no token, only a client certificate that verifies and is not revoked.
+    """
+
+    name: str
+    action: str | None
+    model: str = ""
+    public: bool = False
+
+
+class GuardedServicer(Protocol):
+    """What a servicer whose methods are declared here holds: the guard, a peer cache and its slots."""
+
+    guard: Guard
+    peers: PeerCache
+    slots: Slots
+
+
+def declaration(method: object) -> Declaration | None:
+    """The declaration of a servicer method (bound or not), None if it has none."""
+    return getattr(method, DECLARATION, None)
+
+
+def _mark(wrapper: Any, decl: Declaration) -> Any:
+    setattr(wrapper, DECLARATION, decl)
+    return wrapper
+
+
+async def _abort(context: Any, exc: BaseException) -> None:
+    """End the RPC with the status and clipped message `exc` maps to (never a traceback)."""
+    code, message = grpc_status(exc)
+    await context.abort(code, message)
+
+
+def guarded(action: str | None, model: str = "", *, name: str = "", version: str = "") -> Callable[[Any], Any]:
+    """Declare a unary-request RPC: authorize `action` on the model in request field `model`, take a slot.
+
+    The handler is `async def M(self, request, call)` returning the answer (or an async generator of
+    answers for a server stream); `version` names a request field copied, clipped, into the audit record
+    before authorization. With `model=IN_STREAM` (a request stream naming its model inside) the wrapper
+    only authenticates: the handler reads the name and authorizes it with `self.guard.authorize`.
+    """
+
+    def decorate(fn: Any) -> Any:
+        method = name or fn.__name__
+        decl = Declaration(method, action, model)
+        field = model if model != IN_STREAM else ""
+
+        if model == IN_STREAM:
+
+            @functools.wraps(fn)
+            async def authenticated(self: GuardedServicer, request: Any, context: Any) -> Any:
+                try:
+                    with self.guard.call("grpc", method, self.peers.get(context)) as call:
+                        call.metadata = context.invocation_metadata()
+                        self.guard.authorize(call, call.metadata, None)  # the token first: nothing read or held
+                        return await fn(self, request, call)
+                except Exception as exc:
+                    error = exc
+                await _abort(context, error)
+                raise AssertionError("unreachable")  # context.abort always raises
+
+            return _mark(authenticated, decl)
+
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def streamed(self: GuardedServicer, request: Any, context: Any) -> AsyncIterator[Any]:
+                target = getattr(request, field) if field else ""
+                try:
+                    with self.guard.call("grpc", method, self.peers.get(context), target) as call:
+                        if version:
+                            call.version = clip(getattr(request, version))
+                        key = self.guard.admit(call, context.invocation_metadata(), self.slots, action, target)
+                        try:
+                            async for answer in fn(self, request, call):
+                                yield answer
+                        finally:
+                            self.slots.release(key)
+                        return
+                except Exception as exc:
+                    error = exc
+                await _abort(context, error)
+
+            return _mark(streamed, decl)
+
+        @functools.wraps(fn)
+        async def unary(self: GuardedServicer, request: Any, context: Any) -> Any:
+            target = getattr(request, field) if field else ""
+            try:
+                with self.guard.call("grpc", method, self.peers.get(context), target) as call:
+                    if version:
+                        call.version = clip(getattr(request, version))
+                    key = self.guard.admit(call, context.invocation_metadata(), self.slots, action, target)
+                    try:
+                        return await fn(self, request, call)
+                    finally:
+                        self.slots.release(key)
+            except Exception as exc:
+                error = exc
+            await _abort(context, error)
+            raise AssertionError("unreachable")  # context.abort always raises
+
+        return _mark(unary, decl)
+
+    return decorate
+
+
+def guarded_stream(action: str, model: str, error: Callable[[str], Any], *, name: str = "") -> Callable[[Any], Any]:
+    """Declare a bidirectional stream: admitted on its metadata (token, then one slot held until it ends)
+    before its first message is read; each message is then authorized for `action` on its own `model`
+    field, recorded on its own, and a refused or failed message is answered in-stream with `error(message)`.
+
+    The handler is `async def M(self, request, call)` returning the answer to one message.
+    """
+
+    def decorate(fn: Any) -> Any:
+        method = name or fn.__name__
+
+        @functools.wraps(fn)
+        async def stream(self: GuardedServicer, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            metadata = context.invocation_metadata()
+            peer = self.peers.get(context)
+            try:
+                key = self.guard.open_stream("grpc", method, peer, metadata, self.slots)
+            except Exception as exc:
+                await _abort(context, exc)
+                raise AssertionError("unreachable") from exc  # context.abort always raises
+            try:
+                async for request in requests:
+                    target = getattr(request, model)
+                    try:
+                        with self.guard.call("grpc", method, peer, target) as call:
+                            self.guard.authorize(call, metadata, action, target)
+                            answer = await fn(self, request, call)
+                        yield answer
+                    except Exception as exc:
+                        yield error(grpc_status(exc)[1])
+            finally:
+                self.slots.release(key)
+
+        return _mark(stream, Declaration(method, action, model))
+
+    return decorate
+
+
+def public(name: str) -> Callable[[Any], Any]:
+    """Declare a public RPC (health, reflection, OIP live/ready): no token, the certificate check only.
+
+    The handler is `async def M(self, request, context)`: a coroutine (its answer, or None for a method
+    that writes through the context) or an async generator of answers; it runs after the check.
+    """
+
+    def decorate(fn: Any) -> Any:
+        decl = Declaration(name, None, public=True)
+
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def streamed(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    with self.guard.call("grpc", name, self.peers.get(context)) as call:
+                        self.guard.check_peer(call)
+                        async for answer in fn(self, request, context):
+                            yield answer
+                        return
+                except Exception as exc:
+                    error = exc
+                await _abort(context, error)
+
+            return _mark(streamed, decl)
+
+        @functools.wraps(fn)
+        async def unary(self: Any, request: Any, context: Any) -> Any:
+            try:
+                with self.guard.call("grpc", name, self.peers.get(context)) as call:
+                    self.guard.check_peer(call)
+                    return await fn(self, request, context)
+            except Exception as exc:
+                error = exc
+            await _abort(context, error)
+            raise AssertionError("unreachable")  # context.abort always raises
+
+        return _mark(unary, decl)
+
+    return decorate

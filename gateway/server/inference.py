@@ -1,229 +1,122 @@
 """`inference.GRPCInferenceService`: the Open Inference Protocol (KServe V2 / Triton) over grpc.aio.
 
-Every call but health is authorized in the handler (interceptors cannot see the client certificate),
-then audited and measured by the Guard. A model whose backend declares `runs_inline` (ONNX: a small
-model costs microseconds and ONNX Runtime is thread-safe) runs on the event loop, as a bare server would;
-others (TensorFlow) run in a worker thread so a slow graph does not stall other calls.
+A front end only: each method declares its guard (gateway.server.guard: `@guarded` with the scope and the
+request field naming the model, or `@public`), converts the request, calls the DataPlane and converts the
+answer. Authorization happens in the declared wrapper because interceptors cannot see the client certificate.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
-
-from gateway import versions
-from gateway.auth.peer import PeerIdentity, peer_from_auth_context
-from gateway.backends import registry
-from gateway.errors import SealgateError
 from gateway.protos.inference import grpc_service_pb2 as pb
 from gateway.protos.inference import grpc_service_pb2_grpc as pb_grpc
-from gateway.server.guard import Call, Guard
+from gateway.server.dataplane import DataPlane, parse_version
+from gateway.server.guard import Call, Guard, PeerCache, guarded, guarded_stream, public
 from gateway.server.limits import Slots
-from gateway.server.status_map import grpc_status
 from gateway.server.tensors import decode_inputs, decode_off_loop, encode_outputs
 from gateway.serving.manager import ModelManager
+
+__all__ = ["EXTENSIONS", "SERVER_NAME", "SERVER_VERSION", "InferenceService", "PeerCache", "parse_version"]
 
 SERVER_NAME = "sealgate"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("model_repository", "binary_tensor_data", "sealed_artifacts")
-T = TypeVar("T")
+_TENSOR = pb.ModelMetadataResponse.TensorMetadata
+_INDEX = pb.RepositoryIndexResponse.ModelIndex
 
 
-class PeerCache:
-    """Parse each distinct client certificate once (connections reuse the same PEM bytes)."""
-
-    def __init__(self, size: int = 1024) -> None:
-        self._cache: dict[bytes, PeerIdentity] = {}
-        self._size = size
-
-    def get(self, context: grpc.aio.ServicerContext) -> PeerIdentity:
-        auth = context.auth_context()
-        pem = (auth.get("x509_pem_cert") or [b""])[0]
-        peer = self._cache.get(pem)
-        if peer is None:
-            peer = peer_from_auth_context(auth)
-            if len(self._cache) >= self._size:
-                self._cache.clear()
-            self._cache[pem] = peer
-        return peer
-
-
-def parse_version(text: str) -> int | None:
-    """'' means the default version; otherwise the one version rule (gateway.versions): 1-18 ASCII digits, >= 1."""
-    if not text:
-        return None
-    return versions.parse_version(text, field="model_version")
+def _stream_error(message: str) -> pb.ModelStreamInferResponse:
+    """How a refused or failed message of an inference stream is answered, in the stream."""
+    return pb.ModelStreamInferResponse(error_message=message)
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    """The V2 inference service in front of the model manager.
-
-    Every method authenticates (and, for a model, authorizes) first, then takes one of `slots` for the
-    caller's certificate, then reads the request's fields; a stream does so on its metadata before its
-    first message and holds its slot until it ends.
-    """
+    """The V2 inference service over the data plane; every method's guard is declared on it."""
 
     def __init__(
-        self, manager: ModelManager, guard: Guard, peers: PeerCache | None = None, slots: Slots | None = None
+        self,
+        manager: ModelManager,
+        guard: Guard,
+        peers: PeerCache | None = None,
+        slots: Slots | None = None,
+        dataplane: DataPlane | None = None,
     ) -> None:
+        """Serve `manager`'s models through `dataplane` (one is made when not given), guarded by `guard`."""
         self.manager = manager
+        self.dataplane = dataplane or DataPlane(manager)
         self.guard = guard
         self.peers = peers or PeerCache()
         self.slots = slots if slots is not None else Slots(0, 0)
 
-    async def _handle(
-        self,
-        method: str,
-        context: grpc.aio.ServicerContext,
-        action: str | None,
-        model: str,
-        body: Callable[[Call], T | Awaitable[T]],
-    ) -> T:
-        """Authorize `action` on `model`, hold a slot, run `body`; map any error to its code and a one-line message."""
-        try:
-            with self.guard.call("grpc", method, self.peers.get(context), model) as call:
-                key = self.guard.admit(call, context.invocation_metadata(), self.slots, action, model)
-                try:
-                    result = body(call)
-                    if asyncio.iscoroutine(result):
-                        result = await result
-                finally:
-                    self.slots.release(key)
-                return result  # type: ignore[return-value]
-        except Exception as exc:
-            code, message = grpc_status(exc)
-        await context.abort(code, message)
-        raise AssertionError("unreachable")  # context.abort always raises
-
     # --- server-level ---------------------------------------------------------------------------
-    async def _public(self, method: str, context: grpc.aio.ServicerContext, answer: Callable[[], T]) -> T:
-        """A public call (OIP live/ready, for probes and balancers): no token, only the certificate check."""
-        try:
-            with self.guard.call("grpc", method, self.peers.get(context)) as call:
-                self.guard.check_peer(call)
-                return answer()
-        except Exception as exc:
-            code, message = grpc_status(exc)
-        await context.abort(code, message)
-        raise AssertionError("unreachable")  # context.abort always raises
-
+    @public("ServerLive")
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
-        return await self._public("ServerLive", context, lambda: pb.ServerLiveResponse(live=True))
+        """Liveness, for probes and balancers."""
+        return pb.ServerLiveResponse(live=True)
 
+    @public("ServerReady")
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return await self._public("ServerReady", context, lambda: pb.ServerReadyResponse(ready=self.manager.ready()))
+        """Readiness of the whole server, for probes and balancers."""
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        def body(call: Call) -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS))
-
-        return await self._handle("ServerMetadata", context, None, "", body)
+    @guarded(None)
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, call: Call) -> pb.ServerMetadataResponse:
+        """The server's name, version and extensions, to any authenticated caller."""
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS))
 
     # --- model-level ----------------------------------------------------------------------------
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        def body(call: Call) -> pb.ModelReadyResponse:
-            version = parse_version(request.version)
-            try:
-                served = self.manager.get(request.name, version)
-            except SealgateError:
-                return pb.ModelReadyResponse(ready=False)
+    @guarded("infer", model="name")
+    async def ModelReady(self, request: pb.ModelReadyRequest, call: Call) -> pb.ModelReadyResponse:
+        """Whether a model version the caller may infer on is ready."""
+        served = self.dataplane.model_ready(request.name, parse_version(request.version))
+        if served is not None:
             call.version = str(served.version)
-            return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse(ready=served is not None)
 
-        return await self._handle("ModelReady", context, "infer", request.name, body)
+    @guarded("infer", model="name")
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, call: Call) -> pb.ModelMetadataResponse:
+        """A model version's platform, versions and tensor signatures."""
+        meta = self.dataplane.metadata(request.name, parse_version(request.version))
+        call.version = str(meta.version)
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=[str(v) for v in meta.versions],
+            platform=meta.platform,
+            inputs=[_TENSOR(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in meta.inputs],
+            outputs=[_TENSOR(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in meta.outputs],
+        )
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        def body(call: Call) -> pb.ModelMetadataResponse:
-            served = self.manager.get(request.name, parse_version(request.version))
-            call.version = str(served.version)
-            model = served.model
-            meta = pb.ModelMetadataResponse.TensorMetadata
-            return pb.ModelMetadataResponse(
-                name=served.name,
-                versions=[str(v) for v in self.manager.versions(served.name)],
-                platform=model.platform,
-                inputs=[meta(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.inputs],
-                outputs=[meta(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in model.outputs],
-            )
+    @guarded("infer", model="model_name")
+    async def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
+        """One inference (the same as each message of a stream)."""
+        return await self._infer(request, call)
 
-        return await self._handle("ModelMetadata", context, "infer", request.name, body)
-
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        # the hot path: written out rather than through _handle (no closure, no coroutine check)
-        try:
-            with self.guard.call("grpc", "ModelInfer", self.peers.get(context), request.model_name) as call:
-                key = self.guard.admit(call, context.invocation_metadata(), self.slots, "infer", request.model_name)
-                try:
-                    return await self._infer(call, request)
-                finally:
-                    self.slots.release(key)
-        except Exception as exc:
-            code, message = grpc_status(exc)
-        await context.abort(code, message)
-        raise AssertionError("unreachable")  # context.abort always raises
-
-    async def _infer(self, call: Call, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        """Run one authorized request: resolve the version, decode (off the loop when large), infer, encode."""
-        served = self.manager.get(request.model_name, parse_version(request.model_version))
+    async def _infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
+        """Resolve the version, decode (off the loop when large), run on the data plane, encode."""
+        dataplane = self.dataplane
+        served = dataplane.model(request.model_name, parse_version(request.model_version))
         call.version = version = str(served.version)
-        if decode_off_loop(request):
-            inputs = await asyncio.to_thread(decode_inputs, request)
-        else:
-            inputs = decode_inputs(request)
+        inputs = await dataplane.off_loop(decode_inputs, request, when=decode_off_loop(request))
         requested = [o.name for o in request.outputs] if request.outputs else None
-        model = served.model
-        if registry.runs_inline(model.platform):
-            outputs = model.infer(inputs, requested)
-        else:
-            outputs = await asyncio.to_thread(model.infer, inputs, requested)
+        outputs = await dataplane.infer(served, inputs, requested)
         response = pb.ModelInferResponse(model_name=served.name, model_version=version, id=request.id)
-        encode_outputs(response, outputs, requested or [t.name for t in model.outputs if t.name in outputs])
+        encode_outputs(response, outputs, requested or [t.name for t in served.model.outputs if t.name in outputs])
         return response
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
-        """Bidirectional streaming inference: each request answered in order; errors reported in-stream.
+    @guarded_stream("infer", model="model_name", error=_stream_error)
+    async def ModelStreamInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelStreamInferResponse:
+        """Bidirectional streaming inference: each message answered in order, errors reported in-stream."""
+        return pb.ModelStreamInferResponse(infer_response=await self._infer(request, call))
 
-        The stream is authenticated on its metadata before its first message is read (no token, a bad one
-        or a revoked certificate: UNAUTHENTICATED at once, audited) and then holds one slot of its caller
-        until it ends; each request is then authorized for its own model.
-        """
-        metadata = context.invocation_metadata()
-        try:
-            peer = self.peers.get(context)
-            key = self.guard.open_stream("grpc", "ModelStreamInfer", peer, metadata, self.slots)
-        except Exception as exc:
-            code, message = grpc_status(exc)
-            await context.abort(code, message)
-        try:
-            async for request in request_iterator:
-                try:
-                    with self.guard.call("grpc", "ModelStreamInfer", peer, request.model_name) as call:
-                        self.guard.authorize(call, metadata, "infer", request.model_name)
-                        response = await self._infer(call, request)
-                    yield pb.ModelStreamInferResponse(infer_response=response)
-                except Exception as exc:
-                    _, message = grpc_status(exc)
-                    yield pb.ModelStreamInferResponse(error_message=message)
-        finally:
-            self.slots.release(key)
-
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
-        def body(call: Call) -> pb.RepositoryIndexResponse:
-            principal = call.principal
-            assert principal is not None  # set by admit
-            index = pb.RepositoryIndexResponse.ModelIndex
-            models = []
-            for st in self.manager.status():
-                if request.repository_name and request.repository_name != "models":
-                    continue
-                if not (principal.can("infer", st.name) or principal.can("fetch", st.name)):
-                    continue
-                if request.ready and st.state.name != "SERVING":
-                    continue
-                models.append(index(name=st.name, version=str(st.version), state=st.state.name, reason=st.reason))
-            return pb.RepositoryIndexResponse(models=models)
-
-        return await self._handle("RepositoryIndex", context, None, "", body)
+    @guarded(None)
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, call: Call) -> pb.RepositoryIndexResponse:
+        """The model versions the caller may infer on or fetch (only the "models" repository exists)."""
+        assert call.principal is not None  # set by the guard before the handler runs
+        if request.repository_name and request.repository_name != "models":
+            return pb.RepositoryIndexResponse()
+        models = [
+            _INDEX(name=st.name, version=str(st.version), state=st.state.name, reason=st.reason)
+            for st in self.dataplane.index(call.principal, ready_only=request.ready)
+        ]
+        return pb.RepositoryIndexResponse(models=models)

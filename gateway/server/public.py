@@ -17,11 +17,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 
-from gateway.auth.peer import PeerIdentity
 from gateway.errors import NotFound
-from gateway.server.guard import Guard
-from gateway.server.inference import PeerCache
-from gateway.server.status_map import grpc_status
+from gateway.server.guard import Guard, PeerCache, public
 
 _STATUS = health_pb2.HealthCheckResponse
 SERVER = ""  # the only health service name answered: the gateway as a whole
@@ -37,34 +34,21 @@ class PublicHealth(health_aio.HealthServicer):
         self.guard = guard
         self.peers = peers
 
+    @public("Health.Check")
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
         """The server's status; NOT_FOUND for any other service name, known to the servicer or not."""
-        try:
-            with self.guard.call("grpc", "Health.Check", _peer(self.peers, context)) as call:
-                self.guard.check_peer(call)
-                if request.service != SERVER:
-                    raise NotFound(UNKNOWN_SERVICE)
-                status = self._server_status.get(SERVER, _STATUS.SERVICE_UNKNOWN)
-                return _STATUS(status=status)
-        except Exception as exc:
-            code, message = grpc_status(exc)
-        await context.abort(code, message)
-        raise AssertionError("unreachable")  # context.abort always raises
+        if request.service != SERVER:
+            raise NotFound(UNKNOWN_SERVICE)
+        return _STATUS(status=self._server_status.get(SERVER, _STATUS.SERVICE_UNKNOWN))
 
+    @public("Health.Watch")
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         """Stream the server's status; any other name gets SERVICE_UNKNOWN (as an unknown one would) and waits."""
-        try:
-            with self.guard.call("grpc", "Health.Watch", _peer(self.peers, context)) as call:
-                self.guard.check_peer(call)
-                if request.service == SERVER:
-                    await super().Watch(request, context)
-                    return
-                await context.write(_STATUS(status=_STATUS.SERVICE_UNKNOWN))
-                await asyncio.get_running_loop().create_future()  # until the client goes away
-                return
-        except Exception as exc:
-            code, message = grpc_status(exc)
-        await context.abort(code, message)
+        if request.service == SERVER:
+            await super().Watch(request, context)
+            return
+        await context.write(_STATUS(status=_STATUS.SERVICE_UNKNOWN))
+        await asyncio.get_running_loop().create_future()  # until the client goes away
 
 
 class PublicReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
@@ -78,21 +62,10 @@ class PublicReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
         self.guard = guard
         self.peers = peers
 
+    @public("Reflection.Info")
     async def ServerReflectionInfo(
         self, request_iterator: AsyncIterator[reflection_pb.ServerReflectionRequest], context: Any
     ) -> AsyncIterator[reflection_pb.ServerReflectionResponse]:
-        """Refuse a peer whose certificate fails before reading any request; then answer as upstream does."""
-        try:
-            with self.guard.call("grpc", "Reflection.Info", _peer(self.peers, context)) as call:
-                self.guard.check_peer(call)
-                async for response in super().ServerReflectionInfo(request_iterator, context):
-                    yield response
-                return
-        except Exception as exc:
-            code, message = grpc_status(exc)
-        await context.abort(code, message)
-
-
-def _peer(peers: PeerCache, context: Any) -> PeerIdentity:
-    """The call's client certificate identity (parsed once per distinct certificate by the PeerCache)."""
-    return peers.get(context)
+        """Answer as upstream does, once the peer's certificate has passed (before any request is read)."""
+        async for response in super().ServerReflectionInfo(request_iterator, context):
+            yield response

@@ -22,10 +22,8 @@ from gateway.config import ServerConfig
 from gateway.errors import InvalidInput, StreamTimeout, TooLarge, clip
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
-from gateway.server.guard import Call, Guard
-from gateway.server.inference import PeerCache
+from gateway.server.guard import IN_STREAM, Call, Guard, PeerCache, guarded
 from gateway.server.limits import Slots, slot_key
-from gateway.server.status_map import grpc_status
 from gateway.serving.manager import ModelManager
 from gateway.serving.repository import check_name
 from gateway.versions import check_version
@@ -112,50 +110,41 @@ class ReleaseService(pb_grpc.ReleaseServicer):
         self.slots = slots or Slots(limits.max_concurrent_requests, getattr(limits, "max_concurrent_per_peer", 0))
         self.first_message_s = min(FIRST_MESSAGE_TIMEOUT_S, limits.stream_deadline_s)
 
-    async def _abort(self, context: Any, exc: BaseException) -> None:
-        code, message = grpc_status(exc)
-        await context.abort(code, message)
-
     # --- Push -----------------------------------------------------------------------------------
-    async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], context: Any) -> pb.PushResponse:
+    @guarded("release", model=IN_STREAM)
+    async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], call: Call) -> pb.PushResponse:
+        """Receive, check and hand over one sealed artifact; its name is authorized once its metadata is read."""
         tmp: Path | None = None
         try:
-            with self.guard.call("grpc", "Push", self.peers.get(context)) as call:
-                metadata = context.invocation_metadata()
-                self.guard.authorize(call, metadata, None)  # the token first: nothing is read or held before
-                deadline = time.monotonic() + self.limits.stream_deadline_s
-                meta = await self._first_metadata(request_iterator)
-                call.model, call.version = clip(meta.name, 64), clip(meta.version)
-                self.guard.authorize(call, metadata, "release", meta.name)
-                _check_push_metadata(meta, self.limits.max_push_bytes)
-                with self.slots.hold(_key(call)):
-                    try:
-                        tmp = await asyncio.wait_for(
-                            self._receive(request_iterator, meta), timeout=max(0.0, deadline - time.monotonic())
-                        )
-                    except TimeoutError:
-                        raise StreamTimeout("push exceeded the stream deadline") from None
-                    result = await asyncio.to_thread(
-                        self.manager.accept_push, meta.name, int(meta.version), tmp, store_only=meta.store_only
+            deadline = time.monotonic() + self.limits.stream_deadline_s
+            meta = await self._first_metadata(request_iterator)
+            call.model, call.version = clip(meta.name, 64), clip(meta.version)
+            self.guard.authorize(call, call.metadata, "release", meta.name)
+            _check_push_metadata(meta, self.limits.max_push_bytes)
+            with self.slots.hold(_key(call)):
+                try:
+                    tmp = await asyncio.wait_for(
+                        self._receive(request_iterator, meta), timeout=max(0.0, deadline - time.monotonic())
                     )
-                tmp = None  # the manager owns (stored or removed) the file now
-                if result.already_stored:
-                    call.reason = "already stored: nothing changed"
-                return pb.PushResponse(
-                    name=meta.name,
-                    version=meta.version,
-                    size=meta.size,
-                    sha256=meta.sha256.lower(),
-                    state=pb.VersionStatus.State.Value(result.state.name),
-                    already_stored=result.already_stored,
+                except TimeoutError:
+                    raise StreamTimeout("push exceeded the stream deadline") from None
+                result = await asyncio.to_thread(
+                    self.manager.accept_push, meta.name, int(meta.version), tmp, store_only=meta.store_only
                 )
-        except Exception as err:
-            exc = err
+            tmp = None  # the manager owns (stored or removed) the file now
         finally:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
-        await self._abort(context, exc)
-        raise AssertionError("unreachable")
+        if result.already_stored:
+            call.reason = "already stored: nothing changed"
+        return pb.PushResponse(
+            name=meta.name,
+            version=meta.version,
+            size=meta.size,
+            sha256=meta.sha256.lower(),
+            state=pb.VersionStatus.State.Value(result.state.name),
+            already_stored=result.already_stored,
+        )
 
     async def _first_metadata(self, requests: AsyncIterator[pb.PushRequest]) -> pb.ArtifactMetadata:
         """The push's first message, which must be its metadata, within `first_message_s`."""
@@ -196,40 +185,26 @@ class ReleaseService(pb_grpc.ReleaseServicer):
             raise
 
     # --- Fetch ----------------------------------------------------------------------------------
-    async def Fetch(self, request: pb.FetchRequest, context: Any) -> AsyncIterator[pb.FetchResponse]:
-        try:
-            with self.guard.call("grpc", "Fetch", self.peers.get(context)) as call:
-                metadata = context.invocation_metadata()
-                self.guard.authorize(call, metadata, None)
-                self.guard.authorize(call, metadata, "fetch", request.name)
-                check_name(request.name)
-                version = check_version(request.version) if request.version else None
-                with self.slots.hold(_key(call)):
-                    path, version = self.manager.fetch_path(request.name, version)
-                    call.version = str(version)
-                    size, digest = await asyncio.to_thread(_sha256_file, path)
-                    meta = pb.ArtifactMetadata(name=request.name, version=version, size=size, sha256=digest)
-                    yield pb.FetchResponse(metadata=meta)
-                    with open(path, "rb") as fh:
-                        while block := fh.read(FETCH_CHUNK):
-                            yield pb.FetchResponse(chunk=block)
-                return
-        except Exception as err:
-            exc = err
-        await self._abort(context, exc)
+    @guarded("fetch", model="name")
+    async def Fetch(self, request: pb.FetchRequest, call: Call) -> AsyncIterator[pb.FetchResponse]:
+        """Stream a stored artifact: its metadata (size, SHA-256), then its bytes in chunks."""
+        check_name(request.name)
+        version = check_version(request.version) if request.version else None
+        path, version = self.manager.fetch_path(request.name, version)
+        call.version = str(version)
+        size, digest = await asyncio.to_thread(_sha256_file, path)
+        meta = pb.ArtifactMetadata(name=request.name, version=version, size=size, sha256=digest)
+        yield pb.FetchResponse(metadata=meta)
+        with open(path, "rb") as fh:
+            while block := fh.read(FETCH_CHUNK):
+                yield pb.FetchResponse(chunk=block)
 
     # --- List -----------------------------------------------------------------------------------
-    async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
-        try:
-            with self.guard.call("grpc", "List", self.peers.get(context)) as call:
-                principal = self.guard.authorize(call, context.invocation_metadata(), None)
-                call.model = request.name
-                with self.slots.hold(_key(call)):
-                    return self._list(request, principal)
-        except Exception as err:
-            exc = err
-        await self._abort(context, exc)
-        raise AssertionError("unreachable")
+    @guarded(None, model="name")
+    async def List(self, request: pb.ListRequest, call: Call) -> pb.ListResponse:
+        """The versions of every model (or `request.name`) the caller may release or fetch."""
+        assert call.principal is not None  # set by the guard before the handler runs
+        return self._list(request, call.principal)
 
     def _list(self, request: pb.ListRequest, principal: Any) -> pb.ListResponse:
         """The versions of every model (or `request.name`) the principal may release or fetch."""
@@ -257,23 +232,14 @@ class ReleaseService(pb_grpc.ReleaseServicer):
         return pb.ListResponse(models=[models[k] for k in sorted(models)])
 
     # --- Rollback -------------------------------------------------------------------------------
-    async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
-        try:
-            with self.guard.call("grpc", "Rollback", self.peers.get(context)) as call:
-                metadata = context.invocation_metadata()
-                self.guard.authorize(call, metadata, None)
-                call.version = clip(request.version)
-                self.guard.authorize(call, metadata, "release", request.name)
-                check_version(request.version)
-                if not request.reason.strip():
-                    raise InvalidInput("a rollback needs a reason")
-                with self.slots.hold(_key(call)):
-                    new, previous = await asyncio.to_thread(
-                        self.manager.rollback, request.name, int(request.version), request.reason
-                    )
-                call.reason = f"rollback from v{previous}: {clip(request.reason, 200)}"
-                return pb.RollbackResponse(name=request.name, version=new, previous_version=previous or 0)
-        except Exception as err:
-            exc = err
-        await self._abort(context, exc)
-        raise AssertionError("unreachable")
+    @guarded("release", model="name", version="version")
+    async def Rollback(self, request: pb.RollbackRequest, call: Call) -> pb.RollbackResponse:
+        """Serve an earlier stored version of a model again, with a reason for the audit log."""
+        check_version(request.version)
+        if not request.reason.strip():
+            raise InvalidInput("a rollback needs a reason")
+        new, previous = await asyncio.to_thread(
+            self.manager.rollback, request.name, int(request.version), request.reason
+        )
+        call.reason = f"rollback from v{previous}: {clip(request.reason, 200)}"
+        return pb.RollbackResponse(name=request.name, version=new, previous_version=previous or 0)

@@ -28,14 +28,14 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import h11
+import numpy as np
 
 from gateway.auth.peer import ANONYMOUS, PeerIdentity, peer_from_cert
-from gateway.backends import registry
 from gateway.config import ServerConfig
 from gateway.errors import (
     ConfigError,
@@ -48,14 +48,16 @@ from gateway.errors import (
     clip,
 )
 from gateway.server import strict_json
+from gateway.server.dataplane import DataPlane
 from gateway.server.guard import Call, Guard
 from gateway.server.limits import Slots
 from gateway.server.status_map import HttpRefusal, http_status
 from gateway.serving.manager import ModelManager
+from gateway.serving.status import ServedModel
 from gateway.versions import parse_version
 
 log = logging.getLogger("sealgate.rest")
-_MODEL_PATH = re.compile(r"/v1/models/(?P<name>[A-Za-z0-9._-]+)(?:/versions/(?P<version>[0-9]+))?(?P<verb>:predict)?")
+Infer = Callable[[ServedModel, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 _TFS_STATE = {"SERVING": "AVAILABLE", "LOADING": "LOADING", "AVAILABLE": "AVAILABLE", "RETIRED": "END"}
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -180,11 +182,16 @@ def _inputs_of(body: Any, specs: dict[str, Any]) -> tuple[dict[str, Any], int | 
     raise InvalidInput('"inputs" must be an object keyed by input name for a model with several inputs')
 
 
-def predict(served: Any, raw: bytes, max_depth: int = strict_json.MAX_DEPTH) -> bytes:
-    """TF Serving's predict on a served model and a raw request body: strict JSON in, strict JSON out."""
+def predict(
+    served: ServedModel, raw: bytes, max_depth: int = strict_json.MAX_DEPTH, infer: Infer | None = None
+) -> bytes:
+    """TF Serving's predict on a served model and a raw request body: strict JSON in, strict JSON out.
+
+    `infer` runs the decoded inputs (the data plane's `infer_now`); without one, the model itself does.
+    """
     model = served.model
     inputs, rows = _inputs_of(strict_json.loads(raw, max_depth), {t.name: t for t in model.inputs})
-    outputs = model.infer(inputs)
+    outputs = infer(served, inputs) if infer is not None else model.infer(inputs)
     out_names = [t.name for t in model.outputs]
     if rows is not None:
         if len(out_names) == 1:
@@ -199,9 +206,9 @@ def predict(served: Any, raw: bytes, max_depth: int = strict_json.MAX_DEPTH) -> 
     return strict_json.dumps(doc)
 
 
-def model_status(manager: ModelManager, name: str, version: int | None) -> bytes:
+def model_status(dataplane: DataPlane, name: str, version: int | None) -> bytes:
     """TF Serving's GetModelStatus document for a model (or one of its versions)."""
-    entries = [s for s in manager.status() if s.name == name and (version is None or s.version == version)]
+    entries = [s for s in dataplane.status() if s.name == name and (version is None or s.version == version)]
     if not entries:
         raise NotFound(f"model {clip(name)!r}" + (f" has no version {version}" if version else " not found"))
     return strict_json.dumps(
@@ -219,6 +226,43 @@ def model_status(manager: ModelManager, name: str, version: int | None) -> bytes
             ]
         }
     )
+
+
+# --- the route table: every REST route, its audit name, its scope and its handler --------------------
+@dataclass(frozen=True)
+class Route:
+    """One REST route: HTTP method, path pattern (named groups `name`, `version`), audit name, scope, handler.
+
+    `example` is a path of this route, `{name}` standing for a model (the guard-walk test calls each through it).
+    """
+
+    method: bytes
+    pattern: re.Pattern[str]
+    name: str
+    action: str
+    handler: str
+    example: str
+
+
+_MODEL = r"/v1/models/(?P<name>[A-Za-z0-9._-]+)(?:/versions/(?P<version>[0-9]+))?"
+ROUTES: tuple[Route, ...] = (
+    Route(b"GET", re.compile(_MODEL), "GetModelStatus", "infer", "_status", "/v1/models/{name}"),
+    Route(b"POST", re.compile(_MODEL + ":predict"), "Predict", "infer", "_predict", "/v1/models/{name}:predict"),
+)
+PUBLIC_ROUTES: tuple[Route, ...] = ()  # none: every REST route needs a token
+
+
+def match(method: bytes, path: str) -> tuple[Route, re.Match[str]]:
+    """The route of a request and its path's match; NotFound (404, path clipped) when there is none."""
+    for route in ROUTES:
+        m = route.pattern.fullmatch(path)
+        if m is not None:
+            if route.method == method:
+                return route, m
+            if m["version"]:
+                parse_version(m["version"])  # a bad version is named before a wrong verb
+            raise NotFound("POST needs the :predict verb" if method == b"POST" else "use POST for :predict")
+    raise NotFound(f"no such endpoint: {clip(path)}")
 
 
 # --- one connection ------------------------------------------------------------------------------
@@ -383,29 +427,33 @@ class _Connection:
             raise HttpRefusal(405, "only GET and POST are served")
         call.method = "Predict" if method == b"POST" else "GetModelStatus"
         target = request.target.decode("ascii", "replace")
-        m = _MODEL_PATH.fullmatch(target.split("?", 1)[0])
-        if not m:
-            raise NotFound(f"no such endpoint: {clip(target)}")
+        route, m = match(method, target.split("?", 1)[0])
+        call.method = route.name
         name = m["name"]
-        version = parse_version(m["version"]) if m["version"] else None
         call.model = name
-        if (method == b"POST") != bool(m["verb"]):
-            raise NotFound("POST needs the :predict verb" if method == b"POST" else "use POST for :predict")
+        version = parse_version(m["version"]) if m["version"] else None
         app = self.app
-        app.guard.authorize(call, header_pairs(request.headers), "infer", name)
-        if method == b"GET":
-            if not self.body_left:  # h11 still expects the (empty) body's end before the next request
-                await self._body()
-            return model_status(app.manager, name, version)
-        served = app.manager.get(name, version)
+        app.guard.authorize(call, header_pairs(request.headers), route.action, name)
+        return await getattr(self, route.handler)(call, name, version)
+
+    async def _status(self, call: Call, name: str, version: int | None) -> bytes:
+        """TF Serving's GetModelStatus of an authorized request."""
+        if not self.body_left:  # h11 still expects the (empty) body's end before the next request
+            await self._body()
+        return model_status(self.app.dataplane, name, version)
+
+    async def _predict(self, call: Call, name: str, version: int | None) -> bytes:
+        """TF Serving's predict of an authorized request: a slot, the body, then the data plane."""
+        app = self.app
+        dataplane = app.dataplane
+        served = dataplane.model(name, version)
         call.version = str(served.version)
         if self.body_left > self.limits.max_body_bytes:
             raise TooLarge(f"request body of {self.body_left} bytes exceeds the limit of {self.limits.max_body_bytes}")
         with app.slots.hold(self.peer.thumbprint or ""):
             raw = await self._body()
-            if len(raw) > INLINE_BODY_BYTES or not registry.runs_inline(served.model.platform):
-                return await asyncio.to_thread(predict, served, raw, self.limits.max_json_depth)
-            return predict(served, raw, self.limits.max_json_depth)
+            off_loop = len(raw) > INLINE_BODY_BYTES or not dataplane.inline(served)
+            return await dataplane.off_loop(app.predict, served, raw, when=off_loop)
 
     async def _body(self) -> bytes:
         """Exactly the declared Content-Length of body bytes, before the request's deadline."""
@@ -449,8 +497,12 @@ class _Connection:
 class RestApp:
     """The REST application over any byte stream: what the TLS listener runs on each connection."""
 
-    def __init__(self, manager: ModelManager, guard: Guard, limits: RestLimits | None = None) -> None:
+    def __init__(
+        self, manager: ModelManager, guard: Guard, limits: RestLimits | None = None, dataplane: DataPlane | None = None
+    ) -> None:
+        """Serve `manager`'s models through `dataplane` (one is made when not given), guarded by `guard`."""
         self.manager = manager
+        self.dataplane = dataplane or DataPlane(manager)
         self.guard = guard
         self.limits = limits or RestLimits()
         self.slots = Slots(self.limits.max_concurrent, self.limits.max_concurrent_per_peer)
@@ -463,6 +515,10 @@ class RestApp:
         out = _Writer(writer)
         await _Connection(self, reader, out, peer).run()
         return bytes(out.sent)
+
+    def predict(self, served: ServedModel, raw: bytes) -> bytes:
+        """TF Serving's predict of a request body, run on the data plane (in the calling thread)."""
+        return predict(served, raw, self.limits.max_json_depth, self.dataplane.infer_now)
 
     def respond(self, data: bytes, peer: PeerIdentity = ANONYMOUS) -> bytes:
         """Sans-IO: raw request bytes (then end of stream) in, every byte the server would write out."""
@@ -489,10 +545,12 @@ class RestServer:
         guard: Guard,
         ssl_context: ssl.SSLContext | None,
         limits: RestLimits,
+        dataplane: DataPlane | None = None,
     ) -> None:
+        """Listen on `address` (host:port) with `ssl_context` (None: plain TCP, tests of framing only)."""
         host, _, port = address.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
-        self.app = RestApp(manager, guard, limits)
+        self.app = RestApp(manager, guard, limits, dataplane)
         self.guard = guard
         self.limits = limits
         self.ssl_context = ssl_context
