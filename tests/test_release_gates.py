@@ -1,5 +1,6 @@
 """Verification gates: a candidate that loses accuracy beyond the limit is refused and the report names the gate
-and the amount; a faithful candidate passes; NaN/inf (also only on fuzzed inputs) fails; ε over budget fails."""
+and the amount; a faithful candidate passes; NaN/inf (also only on fuzzed inputs) fails; ε over budget fails, and
+so does a model trained without DP unless allowed."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def test_a_faithful_candidate_passes_every_gate(baseline: bytes, data: tuple[np.
         "latency": "passed",
         "no_nan": "passed",
         "privacy": "passed",
+        "privacy_audit": "skipped",  # no members / non-members given: tests/test_privacy_audit.py runs it
         "size": "passed",
     }
     assert report.gate("parity").measured < 1e-5
@@ -120,6 +122,11 @@ def test_epsilon_over_budget_fails_and_says_by_how_much(baseline: bytes, data: t
     assert missing.gate("privacy").status == "skipped"
     required = check(baseline, None, x, y, GateConfig(require_privacy=True), {"name": "m"})
     assert required.gate("privacy").status == "failed"
+    no_dp = {"privacy": {"dp": False, "no_dp": True, "epsilon": None}}  # what `sealgate fl run --no-dp` records
+    refused = check(baseline, None, x, y, LENIENT_LATENCY, no_dp)
+    assert [g.name for g in refused.failed] == ["privacy"] and "without DP" in refused.gate("privacy").margin
+    allowed = check(baseline, None, x, y, GateConfig(max_latency_ratio=3.0, allow_no_dp=True), no_dp)
+    assert allowed.gate("privacy").status == "skipped" and allowed.passed
 
 
 def test_size_limit_and_unloadable_candidates_fail(baseline: bytes, data: tuple[np.ndarray, np.ndarray]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -17,6 +17,9 @@ from rich.console import Console
 
 from gateway.errors import ConfigError, GateFailed, InvalidInput
 from gateway.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from gateway.release.privacy_audit import AuditData
 
 out = Console()
 
@@ -56,6 +59,18 @@ def load_x(path: Path) -> np.ndarray:
         return loaded.astype(np.float32)
     with loaded as arrays:
         return _npz_key(arrays, ("x", "X"), path).astype(np.float32)
+
+
+def load_audit(path: Path) -> AuditData:
+    """The privacy audit's sets from an .npz: x_members, y_members, x_nonmembers, y_nonmembers (required) and
+    x_public, y_public (optional: public rows, in neither set, that train LiRA's shadow models)."""
+    from gateway.release.privacy_audit import AuditData
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return AuditData.from_arrays({name: arrays[name] for name in arrays.files})
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read audit data {path}: {str(exc)[:200]}") from None
 
 
 def load_json(path: Path, what: str) -> dict[str, Any]:
@@ -254,12 +269,36 @@ def check_cmd(
     parity_tolerance: Annotated[float, typer.Option(help="Largest allowed absolute output difference.")] = 1e-4,
     provenance: Annotated[Path | None, typer.Option(help="provenance.json of the candidate (privacy budget).")] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here (for provenance).")] = None,
+    audit_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Privacy audit sets (.npz): x_members, y_members, x_nonmembers, y_nonmembers, optional x_public, "
+            "y_public for LiRA's shadow models."
+        ),
+    ] = None,
+    max_audit_auc: Annotated[float, typer.Option(help="Privacy audit: largest allowed attack AUC.")] = 0.6,
+    allow_no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--allow-no-dp",
+            help="Let a model trained without DP pass the privacy gates (the audit then checks AUC only).",
+        ),
+    ] = False,
+    require_audit: Annotated[bool, typer.Option("--require-audit", help="Fail when no --audit-data is given.")] = False,
+    shadow_models: Annotated[int, typer.Option(help="Privacy audit: LiRA shadow models (0: loss attack only).")] = 8,
+    shadow_rows: Annotated[
+        int | None, typer.Option(help="Privacy audit: public rows per shadow model (default: half of them).")
+    ] = None,
 ) -> None:
     """Run the verification gates; prints a table, writes the report, exits non-zero naming each failed gate."""
     from gateway.release.gates import GateConfig
     from gateway.release.gates import check as run_check
+    from gateway.release.privacy_audit import AuditOptions
 
+    if not 0.5 <= max_audit_auc <= 1.0 or shadow_models < 0 or (shadow_rows is not None and shadow_rows < 2):
+        raise ConfigError("--max-audit-auc must be in [0.5, 1], --shadow-models ≥ 0, --shadow-rows ≥ 2")
     x, y = load_xy(data)
+    audit_sets = load_audit(audit_data) if audit_data is not None else None
     config = GateConfig(
         max_accuracy_drop=max_accuracy_drop,
         min_accuracy=min_accuracy,
@@ -269,6 +308,10 @@ def check_cmd(
         max_size_bytes=max_size,
         check_parity=parity,
         parity_tolerance=parity_tolerance,
+        max_audit_auc=max_audit_auc,
+        allow_no_dp=allow_no_dp,
+        require_audit=require_audit,
+        audit=AuditOptions(shadow_models=shadow_models, shadow_rows=shadow_rows),
     )
     try:
         result = run_check(
@@ -279,6 +322,7 @@ def check_cmd(
             config,
             load_json(provenance, "provenance") if provenance is not None else None,
             source_onnx=read_bytes(source, "source model") if source is not None else None,
+            audit_data=audit_sets,
         )
     except InvalidInput as exc:
         raise InvalidInput(f"cannot check: {exc}") from None

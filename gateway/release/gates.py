@@ -2,14 +2,15 @@
 
 Gates: output parity (against the source model, or the baseline when the architecture is the same), accuracy drop
 on held-out data, p50 latency ratio at batch 1, no NaN/inf on a fuzzed input set, the privacy budget recorded in
-provenance, and size. Each gate reports what it measured, its limit, and the margin in words.
+provenance, an empirical privacy audit (membership inference, given members and non-members), and size. Each gate
+reports what it measured, its limit, and the margin in words.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,10 @@ import onnxruntime as ort
 
 from gateway.errors import InvalidInput
 from gateway.release import onnx_graph, parity, runtime
+from gateway.release.privacy_audit import AuditData, AuditOptions, audit
 from gateway.release.report import GateReport, GateResult
+
+LOW_FPR_SHOWN = 0.01  # the TPR-at-FPR figure the audit gate's margin quotes
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class GateConfig:
     fuzz_extreme: float = 1e4
     fuzz_seed: int = 0
     latency_calls: int = 2000
+    max_audit_auc: float | None = 0.6
+    allow_no_dp: bool = False
+    require_audit: bool = False
+    audit: AuditOptions = field(default_factory=AuditOptions)
 
 
 def same_architecture(a: bytes, b: bytes, sess_a: ort.InferenceSession, sess_b: ort.InferenceSession) -> bool:
@@ -163,7 +171,15 @@ def _finite_gate(sess: ort.InferenceSession, x: np.ndarray, config: GateConfig) 
 
 
 def _privacy_gate(provenance: dict[str, Any] | None, config: GateConfig) -> GateResult:
+    """The recorded ε against the budget; a run recorded as trained without DP (privacy.dp false) fails unless
+    `allow_no_dp`; no privacy record at all is skipped unless `require_privacy`."""
     privacy = (provenance or {}).get("privacy")
+    if isinstance(privacy, dict) and privacy.get("dp") is False:
+        if config.allow_no_dp:
+            return GateResult("privacy", "skipped", None, config.max_epsilon, "trained without DP (allowed)")
+        return GateResult(
+            "privacy", "failed", None, config.max_epsilon, "trained without DP (--no-dp): refused unless allowed"
+        )
     epsilon = privacy.get("epsilon") if isinstance(privacy, dict) else None
     if epsilon is None:
         status = "failed" if config.require_privacy else "skipped"
@@ -182,6 +198,69 @@ def _privacy_gate(provenance: dict[str, Any] | None, config: GateConfig) -> Gate
     delta = privacy.get("delta") if isinstance(privacy, dict) else None
     margin = f"ε {eps:.3g} ({words} the budget), limit {config.max_epsilon:g}"
     return GateResult("privacy", status, eps, config.max_epsilon, margin, {"delta": delta})
+
+
+def claimed_privacy(provenance: dict[str, Any] | None) -> tuple[float, float, str]:
+    """(ε, δ, words) that provenance claims; ε = ∞ when it claims no DP (privacy.dp false, or no ε recorded).
+
+    δ defaults to 0 when not recorded (the claim is then read as pure ε-DP, the strictest reading).
+    InvalidInput when ε or δ is recorded but is not a valid number.
+    """
+    privacy = (provenance or {}).get("privacy")
+    if not isinstance(privacy, dict) or privacy.get("dp") is False or privacy.get("epsilon") is None:
+        return math.inf, 0.0, "no DP claimed (ε = ∞)"
+    try:
+        eps = float(privacy["epsilon"])
+        delta = float(privacy.get("delta") or 0.0)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"provenance privacy ε/δ are not numbers: {privacy.get('epsilon')!r}, {privacy.get('delta')!r}"
+        ) from None
+    if math.isnan(eps) or eps < 0 or not 0 <= delta < 1:
+        raise InvalidInput(f"provenance claims an invalid privacy budget: ε {eps}, δ {delta}")
+    words = f"claimed ε {eps:.3g}, δ {delta:g}" if math.isfinite(eps) else "no DP claimed (ε = ∞)"
+    return eps, delta, words
+
+
+def _privacy_audit_gate(
+    candidate: bytes,
+    sess: ort.InferenceSession,
+    data: AuditData | None,
+    provenance: dict[str, Any] | None,
+    config: GateConfig,
+) -> GateResult:
+    """Membership inference on members vs non-members: fails when the empirical ε lower bound exceeds the claimed
+    ε, when the strongest attack's AUC exceeds `max_audit_auc`, or when no DP is claimed and that is not allowed."""
+    if data is None:
+        status = "failed" if config.require_audit else "skipped"
+        return GateResult("privacy_audit", status, None, None, "no audit data (members and non-members) given")
+    try:
+        eps, delta, claim = claimed_privacy(provenance)
+    except InvalidInput as exc:
+        return GateResult("privacy_audit", "failed", None, None, str(exc))
+    result = audit(candidate, data, delta, config.audit, sess=sess)
+    strongest = max(result.attacks, key=lambda a: a.auc)
+    bound = max(result.attacks, key=lambda a: a.epsilon_lb.epsilon)
+    low_fpr = f"{LOW_FPR_SHOWN:g}"
+    refuted = f"ε ≥ {result.epsilon_lb:.3g} from {bound.attack}" if result.epsilon_lb > 0 else "no ε > 0 refuted"
+    figures = (
+        f"AUC {strongest.auc:.3f} ({strongest.attack}), TPR {strongest.tpr_at_fpr[low_fpr] * 100:.1f}% at "
+        f"{float(low_fpr) * 100:g}% FPR, {refuted} ({1 - result.alpha:.0%} confidence, {result.members} members / "
+        f"{result.nonmembers} non-members); {claim}"
+    )
+    problems = []
+    if not math.isfinite(eps) and not config.allow_no_dp:
+        problems.append("a model without DP is refused unless allowed (--allow-no-dp)")
+    if result.epsilon_lb > eps:
+        problems.append(f"the empirical bound refutes the claimed ε by {result.epsilon_lb - eps:.3g}")
+    if config.max_audit_auc is not None and result.max_auc > config.max_audit_auc:
+        problems.append(f"AUC over the limit {config.max_audit_auc:g}")
+    status = "failed" if problems else "passed"
+    details = {**result.to_dict(), "claimed_epsilon": eps, "max_auc_limit": config.max_audit_auc}
+    margin = figures + (": " + "; ".join(problems) if problems else "")
+    return GateResult(
+        "privacy_audit", status, round(result.epsilon_lb, 4), eps if math.isfinite(eps) else None, margin, details
+    )
 
 
 def _size_gate(size: int, config: GateConfig) -> GateResult:
@@ -208,11 +287,13 @@ def check(
     provenance: dict[str, Any] | None = None,
     *,
     source_onnx: bytes | None = None,
+    audit_data: AuditData | None = None,
 ) -> GateReport:
     """Run every gate on `candidate_onnx` against `baseline_onnx` (the current release, if any).
 
     Parity compares with `source_onnx` (the model the candidate was made from, e.g. before re-export) when given,
     else with the baseline when both have the same architecture; a model that does not load fails the "load" gate.
+    The privacy audit runs when `audit_data` (known members, non-members, optional public rows) is given.
     """
     config = config or GateConfig()
     x, y = _check_data(x_eval, y_eval)
@@ -243,6 +324,7 @@ def check(
         _latency_gate(candidate_onnx, baseline_onnx, x[0], config),
         _finite_gate(sess, x, config),
         _privacy_gate(provenance, config),
+        _privacy_audit_gate(candidate_onnx, sess, audit_data, provenance, config),
         _size_gate(len(candidate_onnx), config),
     ]
     facts = {
