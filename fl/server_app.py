@@ -1,7 +1,8 @@
 """Flower ServerApp: FedAvg over DP-trained client updates, validated, evaluated on held-out data each round.
 
 `app` reads its settings from the run config (`flwr run`, Deployment Engine); `make_server_app` binds them
-in-process for the simulation. Either way the results land in the settings' out-dir.
+in-process for the simulation. Either way the results land in the settings' out-dir. With secure aggregation
+on (setting or run config `secure-aggregation`) the rounds run as SecAgg+ (fl/secagg.py) instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fl import secagg
 from fl.outputs import write_outputs
 from fl.server_loop import ProgressFn, run_rounds
 from fl.settings import FlSettings
@@ -27,7 +29,10 @@ def make_server_app(settings: FlSettings | None = None, progress: ProgressFn | N
     def main(grid: Grid, context: Context) -> None:
         """Run the rounds, then write model.onnx, weights.safetensors and summary.json to out-dir."""
         cfg = settings if settings is not None else FlSettings.from_run_config(dict(context.run_config))
-        outcome = run_rounds(grid, cfg, progress)
+        if secagg.enabled(cfg, context.run_config):
+            outcome = secagg.run_secure_rounds(grid, context, cfg, progress)
+        else:
+            outcome = run_rounds(grid, cfg, progress)
         if cfg.out_dir:
             paths = write_outputs(Path(cfg.out_dir), cfg.task, outcome.state_dict, outcome.summary)
             log.info("wrote %s", ", ".join(str(p.resolve()) for p in paths))

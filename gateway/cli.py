@@ -183,6 +183,14 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
     client: Annotated[str | None, typer.Option(help="Only add a client certificate with this name.")] = None,
     hybrid: Annotated[bool, typer.Option(help="Also make a post-quantum hybrid recipient key.")] = False,
+    san: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra host name or IP address the server certificate names (repeatable)."),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Only add a server certificate server-NAME.pem for another machine, named by --san."),
+    ] = None,
 ) -> None:
     """Write a development PKI and every key the other commands need (private keys 0600)."""
     from gateway.artifact.keys import KEM_HYBRID, generate_identity_files
@@ -190,9 +198,11 @@ def init(
 
     if client is not None:
         written = pki.add_client(dir, client)
+    elif server is not None:
+        written = pki.add_server(dir, server, san or [], force=force)
     else:
         _refuse_existing(dir, force)
-        written = pki.write_dev_pki(dir, force=force)
+        written = pki.write_dev_pki(dir, force=force, sans=san or [])
         written += pki.write_signing_keys(dir, force=force)
         written += pki.write_recipient_keys(dir, force=force)
         written += pki.write_jwt_issuer(dir, force=force)
@@ -586,6 +596,13 @@ def release_cmd(
     max_accuracy_drop: Annotated[float, typer.Option(help="Largest allowed accuracy drop, points.")] = 1.0,
     max_latency_ratio: Annotated[float, typer.Option(help="Largest allowed p50 latency ratio.")] = 1.2,
     max_epsilon: Annotated[float, typer.Option(help="Largest allowed ε in provenance.")] = 8.0,
+    audit_data: Annotated[
+        Path | None, typer.Option(help="Privacy audit sets (.npz), see docs/PRIVACY_AUDIT.md.")
+    ] = None,
+    max_audit_auc: Annotated[float, typer.Option(help="Privacy audit: largest allowed attack AUC.")] = 0.6,
+    allow_no_dp: Annotated[
+        bool, typer.Option("--allow-no-dp", help="Let a model trained without DP pass the privacy gates.")
+    ] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="Where to keep the sealed file.")] = None,
     address: Address = "127.0.0.1:8500",
     dir: CertsDir = Path("certs"),
@@ -594,7 +611,7 @@ def release_cmd(
 ) -> None:
     """Gates passed → seal → push, in one step; refuses (nothing sealed or pushed) on any failed gate."""
     from gateway.artifact.keys import load_recipient, load_signer
-    from gateway.release.commands import load_xy
+    from gateway.release.commands import load_audit, load_xy
     from gateway.release.gates import GateConfig, check
     from gateway.release.publish import release
 
@@ -603,9 +620,14 @@ def release_cmd(
     x, y = load_xy(data)
     prov = _read_json(provenance) if provenance else {}
     gates = GateConfig(
-        max_accuracy_drop=max_accuracy_drop, max_latency_ratio=max_latency_ratio, max_epsilon=max_epsilon
+        max_accuracy_drop=max_accuracy_drop,
+        max_latency_ratio=max_latency_ratio,
+        max_epsilon=max_epsilon,
+        max_audit_auc=max_audit_auc,
+        allow_no_dp=allow_no_dp,
     )
-    report = check(onnx_bytes, baseline.read_bytes() if baseline else None, x, y, gates, prov)
+    audit = load_audit(audit_data) if audit_data else None
+    report = check(onnx_bytes, baseline.read_bytes() if baseline else None, x, y, gates, prov, audit_data=audit)
     out.print(report.table())
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"push {name} v{version}")

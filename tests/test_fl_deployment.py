@@ -1,6 +1,8 @@
 """Flower's Deployment Engine on loopback: a real `flower-superlink` with TLS (the dev PKI of `sealgate init`)
 and SuperNode authentication, three `flower-supernode` with registered EC P-384 keys, `flwr run` for two rounds.
 An unregistered SuperNode is refused; one SuperNode killed mid-run does not stop the run, and the summary says so.
+With secure aggregation, the SuperLink is reached by an address only `--san` puts in its certificate, two nodes
+on their own loopback addresses train on their own data files, and a node killed mid-round is reconstructed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fl.data import client_data
+from fl.local_data import write_csv, write_npz
 from fl.settings import FlSettings
 from gateway.auth.pki import write_dev_pki
 from gateway.server.ports import free_loopback_port
@@ -45,10 +49,12 @@ def _toml_value(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else json.dumps(value)
 
 
-def write_app(app_dir: Path, settings: FlSettings) -> None:
-    """A Flower App folder: sealgate's components and a full [tool.flwr.app.config] (the code is installed)."""
+def write_app(app_dir: Path, settings: FlSettings, extra: dict[str, object] | None = None) -> None:
+    """A Flower App folder: sealgate's components and a full [tool.flwr.app.config] (the code is installed);
+    `extra` adds run-config keys that are not FlSettings fields (yet)."""
     app_dir.mkdir()
-    config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in settings.to_run_config().items())
+    values = {**(extra or {}), **settings.to_run_config()}
+    config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
     app_dir.joinpath("pyproject.toml").write_text(
         '[project]\nname = "sealgate-fl"\nversion = "0.1.0"\ndescription = "sealgate federated fine-tuning"\n'
         'license = "Apache-2.0"\ndependencies = []\n\n[tool.flwr.app]\npublisher = "sealgate"\n\n'
@@ -113,15 +119,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop_all()
 
 
-def _wait_port(port: int, timeout: float = 30) -> None:
+def _wait_port(port: int, timeout: float = 30, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            socket.create_connection((host, port), 0.5).close()
             return
         except OSError:
             time.sleep(0.2)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+    raise AssertionError(f"nothing listens on {host}:{port}")
 
 
 def _online(c: Cluster, want: int, timeout: float = 60) -> list[dict]:
@@ -234,3 +240,114 @@ def test_deployment_engine_tls_supernode_auth_and_a_node_lost_mid_run(cluster: C
     assert summary["privacy"]["clients"] == 3 and summary["privacy"]["rounds"] == 2
     assert (out_dir / "model.onnx").stat().st_size > 0 and (out_dir / "weights.safetensors").stat().st_size > 0
     assert any("lost: the run goes on" in line for line in streamed)
+
+
+def test_secure_aggregation_two_nodes_with_their_own_data_on_other_addresses_and_a_node_killed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    link_host = "127.0.0.4"  # not in the default certificate: only `--san` makes TLS to it verify
+    pki = tmp_path / "pki"
+    write_dev_pki(pki, sans=[link_host])
+    for i in range(3):
+        _write_node_key(tmp_path / f"node{i}")
+    port = free_loopback_port()
+    (tmp_path / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "sealgate"\n\n[superlink.sealgate]\naddress = "{link_host}:{port}"\n'
+        f'root-certificates = "{pki / "ca.pem"}"\n'
+    )
+    # each data holder's own file, on its own disk: node0 an NPZ, node1 a CSV (rows of two digits shares)
+    files = [
+        write_npz(tmp_path / "node0-data.npz", *client_data("digits", 0, 0, 3, None)),
+        write_csv(tmp_path / "node1-data.csv", *client_data("digits", 0, 1, 3, None)),
+    ]
+    out_dir = tmp_path / "out"
+    settings = FlSettings(
+        num_server_rounds=2,
+        epsilon=3.0,
+        min_available_nodes=3,
+        min_train_nodes=3,
+        round_timeout=90.0,
+        out_dir=str(out_dir),
+    )
+    write_app(tmp_path / "app", settings, extra={"secure-aggregation": True})
+    cluster.start(
+        "superlink",
+        [
+            str(BIN / "flower-superlink"),
+            "--ssl-ca-certfile",
+            str(pki / "ca.pem"),
+            "--ssl-certfile",
+            str(pki / "server.pem"),
+            "--ssl-keyfile",
+            str(pki / "server.key"),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            link_host,
+            "--port",
+            str(port),
+        ],
+    )
+    _wait_port(port, host=link_host)
+    for i in range(3):
+        res = cluster.flwr("supernode", "register", str(tmp_path / f"node{i}.pub"), "sealgate")
+        assert res.returncode == 0, res.stdout + res.stderr
+    node_setup = [
+        ("127.0.0.2", f'data-file="{files[0]}"'),
+        ("127.0.0.3", f'data-file="{files[1]}"'),
+        ("127.0.0.1", "partition-id=2 num-partitions=3"),
+    ]
+    for i, (host, node_config) in enumerate(node_setup):
+        cluster.start(
+            f"node{i}",
+            [
+                str(BIN / "flower-supernode"),
+                "--root-certificates",
+                str(pki / "ca.pem"),
+                "--superlink",
+                f"{link_host}:{port}",
+                "--host",
+                host,
+                "--port",
+                str(free_loopback_port()),
+                "--auth-supernode-private-key",
+                str(tmp_path / f"node{i}"),
+                "--node-config",
+                node_config,
+            ],
+        )
+    _online(cluster, 3)
+
+    run = subprocess.Popen(
+        [str(BIN / "flwr"), "run", str(tmp_path / "app"), "sealgate", "--stream"],
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    streamed: list[str] = []
+    killed = False
+    assert run.stdout is not None
+    for line in run.stdout:
+        streamed.append(line)
+        if not killed and "round 1: accuracy" in line:
+            time.sleep(2)  # round 2's SecAgg+ stages are under way: the node dies inside the protocol
+            cluster.kill("node2")
+            killed = True
+    assert run.wait(60) == 0, "".join(streamed[-40:])
+    assert killed, "".join(streamed[-40:])
+
+    summary = json.loads((out_dir / "summary.json").read_text())
+    rows = summary["rows"]
+    assert [r["round"] for r in rows] == [1, 2] and not summary["stopped_early"], summary
+    assert (rows[0]["clients"], rows[0]["failed"], rows[0]["sampled"]) == (3, 0, 3)
+    assert (rows[1]["clients"], rows[1]["failed"], rows[1]["sampled"]) == (2, 1, 3), rows[1]
+    assert len(summary["nodes_lost"]) == 1 and not summary["dropped_updates"]
+    assert rows[1]["accuracy"] > 0.2 and 0 < rows[0]["epsilon"] < rows[1]["epsilon"] <= 3.0
+    privacy = summary["privacy"]
+    assert privacy["server_sees"] == "masked sum only" and privacy["secure_aggregation"]["rounds_unmasked"] == 2
+    sizes = sorted(c["num_examples"] for c in privacy["per_client"].values())
+    assert sizes == sorted(len(client_data("digits", 0, i, 3, None)[1]) for i in range(3))
+    assert sorted(c["partition_id"] for c in privacy["per_client"].values()) == [-1, -1, 2]  # two own files
+    assert (out_dir / "model.onnx").stat().st_size > 0
+    assert any("secure aggregation" in line for line in streamed)

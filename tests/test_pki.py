@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,68 @@ def test_dev_constants() -> None:
     assert pki.AUDIENCE == "sealgate"
     assert pki.TRUST_DOMAIN == "sealgate.local"
     assert pki.client_spiffe_id("x") == "spiffe://sealgate.local/client/x"
+
+
+def _verifies_for(certs: Path, leaf: str, name: x509.GeneralName) -> bool:
+    """Whether cryptography's RFC 5280 server verifier accepts `leaf` for the host `name`."""
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    verifier = PolicyBuilder().store(Store([_cert(certs / "ca.pem")])).time(now).build_server_verifier(name)
+    try:
+        verifier.verify(_cert(certs / leaf), [])
+    except x509.verification.VerificationError:
+        return False
+    return True
+
+
+def test_init_sans_name_the_hosts_and_addresses_a_server_is_reached_by(tmp_path: Path) -> None:
+    d = tmp_path / "certs"
+    pki.write_dev_pki(d, sans=["superlink.example.org", "10.1.2.3", "127.0.0.4", "fd00::7", "localhost"])
+    san = _cert(d / "server.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "superlink.example.org"]  # no duplicate
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    assert ips == ["127.0.0.1", "::1", "10.1.2.3", "127.0.0.4", "fd00::7"]
+    assert _openssl_verify(d, "server.pem", "sslserver").returncode == 0
+    assert _verifies_for(d, "server.pem", x509.DNSName("superlink.example.org"))
+    assert _verifies_for(d, "server.pem", x509.IPAddress(ipaddress.ip_address("10.1.2.3")))
+    assert not _verifies_for(d, "server.pem", x509.DNSName("other.example.org"))
+    assert not _verifies_for(d, "server.pem", x509.IPAddress(ipaddress.ip_address("10.1.2.4")))
+
+
+@pytest.mark.parametrize("bad", ["bad_name", "-x.example", "*.example.org", "a..b", "1.2.3", "", "x" * 64 + ".org"])
+def test_init_refuses_a_bad_san_before_writing_anything(tmp_path: Path, bad: str) -> None:
+    d = tmp_path / "certs"
+    with pytest.raises(ConfigError, match="invalid --san"):
+        pki.write_dev_pki(d, sans=["ok.example.org", bad])
+    assert not d.exists() or not any(d.iterdir())
+
+
+def test_add_server_issues_a_certificate_for_a_remote_host_only(certs: Path) -> None:
+    paths = pki.add_server(certs, "superlink", ["superlink.example.org", "192.0.2.10"])
+    assert [p.name for p in paths] == ["server-superlink.pem", "server-superlink.key"]
+    assert stat.S_IMODE(paths[1].stat().st_mode) == 0o600
+    assert _openssl_verify(certs, "server-superlink.pem", "sslserver").returncode == 0
+    assert _verifies_for(certs, "server-superlink.pem", x509.IPAddress(ipaddress.ip_address("192.0.2.10")))
+    assert not _verifies_for(certs, "server-superlink.pem", x509.DNSName("localhost"))
+    with pytest.raises(ConfigError, match="at least one"):
+        pki.add_server(certs, "empty", [])
+    with pytest.raises(ConfigError, match="exist"):
+        pki.add_server(certs, "superlink", ["superlink.example.org"])
+
+
+def test_cli_init_names_extra_hosts_and_issues_remote_server_certificates(tmp_path: Path) -> None:
+    """`sealgate init --san` puts the names in the server certificate; `--server N --san` issues another one."""
+    sealgate = [sys.executable, "-m", "gateway.cli"]
+    run = subprocess.run([*sealgate, "init", "--dir", str(tmp_path), "--san", "127.0.0.2", "--san", "node.example"])
+    assert run.returncode == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "node.example" in names.get_values_for_type(x509.DNSName)
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1", "127.0.0.2"}
+    run = subprocess.run([*sealgate, "init", "--dir", str(tmp_path), "--server", "n3", "--san", "127.0.0.3"])
+    assert run.returncode == 0
+    remote = x509.load_pem_x509_certificate((tmp_path / "server-n3.pem").read_bytes())
+    ips = remote.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in ips.get_values_for_type(x509.IPAddress)] == ["127.0.0.3"]
+    refused = subprocess.run([*sealgate, "init", "--dir", str(tmp_path), "--server", "n4"], capture_output=True)
+    assert refused.returncode != 0 and not (tmp_path / "server-n4.pem").exists()
+    assert len(refused.stderr.decode().strip().splitlines()) == 1

@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -28,7 +29,9 @@ __all__ = [
     "ISSUER",
     "TRUST_DOMAIN",
     "add_client",
+    "add_server",
     "client_spiffe_id",
+    "parse_san",
     "write_dev_pki",
     "write_jwt_issuer",
     "write_private_key",
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _SKEW = dt.timedelta(minutes=5)
 
 
@@ -45,18 +49,25 @@ def client_spiffe_id(name: str, trust_domain: str = TRUST_DOMAIN) -> str:
     return f"spiffe://{trust_domain}/client/{_check_name(name)}"
 
 
-def write_dev_pki(dir: Path, force: bool = False, client_name: str = "dev", days: int = CERT_DAYS) -> list[Path]:
-    """Write ca.pem/.key, server.pem/.key (localhost, 127.0.0.1, ::1) and client.pem/.key (SPIFFE URI SAN).
+def write_dev_pki(
+    dir: Path, force: bool = False, client_name: str = "dev", days: int = CERT_DAYS, sans: Sequence[str] = ()
+) -> list[Path]:
+    """Write ca.pem/.key, server.pem/.key (localhost, 127.0.0.1, ::1 and `sans`) and client.pem/.key (SPIFFE).
 
-    Refuses to touch anything if one of the six files exists, unless `force` (which mints a new CA).
+    `sans` are extra host names or IP addresses the server is reached by (`sealgate init --san`), e.g. the
+    address SuperNodes on other machines dial. Refuses to touch anything if one of the six files exists,
+    unless `force` (which mints a new CA).
     """
+    extra = [parse_san(v) for v in sans]
     dir = _ensure_dir(dir)
     paths = [dir / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")]
     refuse_existing(paths, force)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _ca_certificate(ca_key, days)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _leaf(ca_cert, ca_key, server_key, "localhost", _server_sans(), ExtendedKeyUsageOID.SERVER_AUTH, days)
+    server_cert = _leaf(
+        ca_cert, ca_key, server_key, "localhost", _server_sans(extra), ExtendedKeyUsageOID.SERVER_AUTH, days
+    )
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = _client_certificate(ca_cert, ca_key, client_key, client_name, days)
     write_private_key(paths[1], ca_key, force)
@@ -79,6 +90,37 @@ def add_client(dir: Path, name: str, force: bool = False, days: int = CERT_DAYS)
     write_private_key(paths[1], key, force)
     write_file(paths[0], _pem(cert), force=force)
     return paths
+
+
+def add_server(dir: Path, name: str, sans: Sequence[str], force: bool = False, days: int = CERT_DAYS) -> list[Path]:
+    """Issue server-<name>.pem/.key from the existing dev CA for the given host names / IP addresses only
+    (no loopback names unless listed): a certificate for a server on another machine."""
+    dir = Path(dir)
+    names = [parse_san(v) for v in sans]
+    if not names:
+        raise ConfigError("a server certificate needs at least one host name or IP address (--san)")
+    ca_cert, ca_key = load_ca(dir)
+    paths = [dir / f"server-{_check_name(name)}.pem", dir / f"server-{name}.key"]
+    refuse_existing(paths, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf(ca_cert, ca_key, key, _common_name(names[0]), _unique(names), ExtendedKeyUsageOID.SERVER_AUTH, days)
+    write_private_key(paths[1], key, force)
+    write_file(paths[0], _pem(cert), force=force)
+    return paths
+
+
+def parse_san(value: str) -> x509.GeneralName:
+    """An IP address (v4 or v6) as an IP SAN, else a DNS host name (RFC 1123 labels, `*.` wildcard refused)."""
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    host = text.rstrip(".").lower()
+    labels = host.split(".")
+    if not host or len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        raise ConfigError(f"invalid --san {value!r}: use a host name (letters, digits, '-', '.') or an IP address")
+    return x509.DNSName(host)
 
 
 def load_ca(dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -250,13 +292,28 @@ def _leaf(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def _server_sans() -> list[x509.GeneralName]:
-    """Loopback names only: DNS:localhost, IP:127.0.0.1, IP:::1."""
-    return [
+def _server_sans(extra: Sequence[x509.GeneralName] = ()) -> list[x509.GeneralName]:
+    """Loopback names (DNS:localhost, IP:127.0.0.1, IP:::1) and then `extra`, each once."""
+    loopback: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
+    return _unique([*loopback, *extra])
+
+
+def _unique(names: Sequence[x509.GeneralName]) -> list[x509.GeneralName]:
+    """`names` without repeats, first occurrence kept."""
+    out: list[x509.GeneralName] = []
+    for n in names:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _common_name(name: x509.GeneralName) -> str:
+    """A subject CN for a server certificate: its first SAN as text (clients check the SAN, not the CN)."""
+    return str(name.value)
 
 
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:
