@@ -37,7 +37,7 @@ from gateway.errors import (
     UntrustedSigner,
 )
 from gateway.serving import ModelManager, ModelState, Repository, ServedModel, VersionPolicy
-from gateway.serving.repository import STATE_NAME
+from gateway.serving.ledger import STATE_NAME, LedgerFile
 from tests.models import ONNX_OPSET, make_onnx_mlp, mlp_reference
 
 NAME = "mlp"
@@ -292,6 +292,21 @@ def test_a_push_is_verified_stored_and_served(manager: ModelManager, root: Path,
     assert manager.get(NAME).version == 2 and states(manager)[2] == ("SERVING", "")
     assert manager.fetch_path(NAME) == (root / NAME / "2.sealed", 2)
     assert manager.fetch_path(NAME, 1) == (root / NAME / "1.sealed", 1)
+
+
+def test_a_push_at_or_below_a_floor_another_process_raised_is_refused(
+    manager: ModelManager, root: Path, artifacts: dict[int, Path]
+) -> None:
+    """Gateways sharing a repository: the floor is checked again on the ledger file, under its lock."""
+    place(root, 1, artifacts[1])
+    manager.poll()
+    LedgerFile(root).update(lambda ledger: ledger.change(NAME, lambda r: r.bumped(3)))  # another gateway took 3
+    with pytest.raises(RollbackRefused, match=r"highest version seen \(3\)"):
+        push(manager, 2, artifacts[2])
+    assert not (root / NAME / "2.sealed").exists(), "nothing stored"
+    assert LedgerFile(root).load().highest_seen(NAME) == 3, "the floor is not lowered"
+    assert manager.get(NAME).version == 1, "the served version is unchanged"
+    assert push(manager, 4, artifacts[4]).state is ModelState.SERVING and manager.highest_seen(NAME) == 4
 
 
 def test_pushing_an_equal_or_lower_version_is_refused_and_stores_nothing(

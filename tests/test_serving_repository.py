@@ -1,24 +1,22 @@
-"""The repository on disk: layout and names, crash-safe stores, stale temp files after a crash, and the
-state file under concurrent updates (threads and processes)."""
+"""The repository on disk: layout and names, crash-safe stores and stale temp files after a crash (the
+anti-rollback ledger beside it is tested in test_serving_ledger.py)."""
 
 from __future__ import annotations
 
-import json
-import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError, InvalidInput, RollbackRefused
-from gateway.serving.repository import STATE_NAME, Repository, check_name, model_record
+from gateway.errors import InvalidInput, RollbackRefused
+from gateway.serving.ledger import STATE_NAME
+from gateway.serving.repository import Repository, check_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,100 +147,3 @@ def test_a_process_killed_while_storing_leaves_only_complete_files(tmp_path: Pat
     assert listing(tmp_path) == ["m", "m/1.sealed"]
     repo.store("m", 2, b"v2 again")  # the interrupted store can be repeated
     assert repo.scan()["m"][2].read_bytes() == b"v2 again"
-
-
-def test_state_defaults_and_roundtrip(tmp_path: Path) -> None:
-    repo = Repository(tmp_path)
-    assert repo.state() == {"format": "sealgate-repository-state/1", "models": {}}
-
-    def pin(doc: dict) -> int:
-        record = model_record(doc, "m")
-        record["highest_seen"], record["pinned"] = 5, 3
-        record["rollbacks"].append({"from": 5, "to": 3, "reason": "drift"})
-        return 42
-
-    assert repo.update_state(pin) == 42
-    fresh = Repository(tmp_path).state()
-    assert fresh["models"]["m"] == {
-        "highest_seen": 5,
-        "pinned": 3,
-        "rollbacks": [{"from": 5, "to": 3, "reason": "drift"}],
-    }
-
-    def fail(doc: dict) -> None:
-        model_record(doc, "m")["pinned"] = 1
-        raise RuntimeError("changed my mind")
-
-    with pytest.raises(RuntimeError):
-        repo.update_state(fail)
-    assert repo.state()["models"]["m"]["pinned"] == 3, "a failed update writes nothing"
-
-    def invalid(doc: dict) -> None:
-        model_record(doc, "m")["highest_seen"] = -1
-
-    with pytest.raises(ValueError):
-        repo.update_state(invalid)
-    assert repo.state()["models"]["m"]["highest_seen"] == 5
-
-
-def test_a_corrupt_state_file_is_refused_not_guessed(tmp_path: Path) -> None:
-    (tmp_path / STATE_NAME).write_text('{"format": "sealgate-repository-state/1", "models": {"m": {"highest_')
-    with pytest.raises(ConfigError, match="anti-rollback"):
-        Repository(tmp_path).state()
-
-
-def _increment(doc: dict) -> None:
-    record = model_record(doc, "m")
-    record["highest_seen"] += 1
-    record["rollbacks"].append({"n": record["highest_seen"]})
-
-
-def test_state_stays_valid_json_under_concurrent_updates(tmp_path: Path) -> None:
-    repo = Repository(tmp_path)
-    repo.update_state(lambda doc: model_record(doc, "m"))
-    stop = threading.Event()
-    bad: list[str] = []
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                json.loads((tmp_path / STATE_NAME).read_bytes())
-            except ValueError as exc:
-                bad.append(str(exc))
-
-    def writer() -> None:
-        for _ in range(40):
-            repo.update_state(_increment)
-
-    watcher = threading.Thread(target=reader)
-    watcher.start()
-    writers = [threading.Thread(target=writer) for _ in range(8)]
-    for thread in writers:
-        thread.start()
-    for thread in writers:
-        thread.join()
-    stop.set()
-    watcher.join()
-    assert bad == []
-    record = json.loads((tmp_path / STATE_NAME).read_bytes())["models"]["m"]
-    assert record["highest_seen"] == 320
-    assert [r["n"] for r in record["rollbacks"]] == list(range(1, 321))
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-
-
-def _process_writer(root: str, count: int) -> None:
-    repo = Repository(Path(root))
-    for _ in range(count):
-        repo.update_state(_increment)
-
-
-def test_state_updates_from_several_processes_are_serialized(tmp_path: Path) -> None:
-    Repository(tmp_path).update_state(lambda doc: model_record(doc, "m"))
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_process_writer, args=(str(tmp_path), 25)) for _ in range(3)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
-    assert Repository(tmp_path).state()["models"]["m"]["highest_seen"] == 75

@@ -1,28 +1,23 @@
-"""The model repository on disk: `root/<name>/<version>.sealed` files and one crash-safe state file.
+"""The model repository on disk: `root/<name>/<version>.sealed` files, written crash-safe.
 
 Only complete artifacts ever carry a `<version>.sealed` name: every file lands through a temporary
 file in the repository, fsynced, renamed (hard-linked, so an existing version is never clobbered) and
 the folder fsynced. Temporary files (`.*.tmp`) are invisible to `scan()`, and those a crash left behind
-are removed the first time the repository is scanned. `.sealgate-state.json` holds what must survive a
-restart: per model the highest version ever seen (the anti-rollback floor), a pinned rollback version
-and the history of rollbacks; it is rewritten atomically under a thread lock and an flock.
+are removed the first time the repository is scanned. The anti-rollback ledger beside the model folders
+(`.sealgate-state.json`) is `gateway.serving.ledger`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import json
 import logging
 import os
 import re
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, InvalidInput, RollbackRefused
 from gateway.fsutil import atomic_write, fsync_dir
@@ -34,12 +29,7 @@ log = logging.getLogger("sealgate.serving.repository")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 VERSION_FILE = re.compile(rf"([1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}})\.sealed")  # the one version rule
 SUFFIX = ".sealed"
-STATE_NAME = ".sealgate-state.json"
-LOCK_NAME = ".sealgate-state.lock"
-STATE_FORMAT = "sealgate-repository-state/1"
 _COPY_BLOCK = 1 << 20
-
-T = TypeVar("T")
 
 
 def check_name(name: str) -> str:
@@ -56,41 +46,8 @@ def is_temp_name(filename: str) -> bool:
     return filename.startswith(".") and filename.endswith(".tmp")
 
 
-def empty_state() -> dict[str, Any]:
-    """The state of a repository that has never recorded anything."""
-    return {"format": STATE_FORMAT, "models": {}}
-
-
-def model_record(doc: dict[str, Any], name: str) -> dict[str, Any]:
-    """The (mutable) state record of one model inside a state document, created on first use."""
-    models = doc.setdefault("models", {})
-    record = models.setdefault(name, {})
-    record.setdefault("highest_seen", 0)
-    record.setdefault("pinned", None)
-    record.setdefault("rollbacks", [])
-    return record
-
-
-def _validate_state(doc: Any) -> dict[str, Any]:
-    """Check the state document's shape; anything odd is refused rather than guessed."""
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or not isinstance(doc.get("models"), dict):
-        raise ValueError(f"expected an object with format {STATE_FORMAT!r} and a 'models' object")
-    for name, record in doc["models"].items():
-        check_name(name)
-        if not isinstance(record, dict):
-            raise ValueError(f"model {name!r}: record must be an object")
-        highest, pinned = record.get("highest_seen", 0), record.get("pinned")
-        if type(highest) is not int or highest < 0:
-            raise ValueError(f"model {name!r}: highest_seen must be an integer >= 0")
-        if pinned is not None and (type(pinned) is not int or pinned < 1):
-            raise ValueError(f"model {name!r}: pinned must be null or an integer >= 1")
-        if not isinstance(record.get("rollbacks", []), list):
-            raise ValueError(f"model {name!r}: rollbacks must be a list")
-    return doc
-
-
 class Repository:
-    """Sealed model files under `root`, one folder per model name, plus the persisted version state."""
+    """Sealed model files under `root`, one folder per model name."""
 
     def __init__(self, root: Path, create: bool = True) -> None:
         """Open (and with `create`, make) the repository folder; nothing is scanned or cleaned yet."""
@@ -101,14 +58,8 @@ class Repository:
             raise ConfigError(f"model repository {self.root} is not a folder")
         self._opened_at = time.time()
         self._cleaned = False
-        self._lock = threading.RLock()
 
     # --- layout ---------------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        """Where the version state lives."""
-        return self.root / STATE_NAME
-
     def path(self, name: str, version: int) -> Path:
         """Where version `version` of model `name` is (or would be) stored."""
         return self.root / check_name(name) / f"{check_version(version)}{SUFFIX}"
@@ -230,47 +181,6 @@ class Repository:
         target = self.path(name, version)
         target.unlink(missing_ok=True)
         fsync_dir(target.parent)
-
-    # --- state ----------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """A copy of the persisted state ({"format", "models": {name: record}})."""
-        with self._lock:
-            return self._read_state()
-
-    def update_state(self, fn: Callable[[dict[str, Any]], T]) -> T:
-        """Apply `fn` to the current state and write the result atomically, under a thread lock and an flock.
-
-        `fn` mutates the document it is given; its return value is returned. If it raises, nothing
-        is written.
-        """
-        with self._lock, self._file_lock():
-            doc = self._read_state()
-            result = fn(doc)
-            _validate_state(doc)
-            data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
-            atomic_write(self.state_path, data, 0o644, force=True)
-            return result
-
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _read_state(self) -> dict[str, Any]:
-        try:
-            raw = self.state_path.read_bytes()
-        except FileNotFoundError:
-            return empty_state()
-        try:
-            return _validate_state(json.loads(raw))
-        except (ValueError, InvalidInput) as exc:
-            raise ConfigError(
-                f"{self.state_path} is not valid repository state ({exc}); refusing to guess the anti-rollback floor"
-            ) from None
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

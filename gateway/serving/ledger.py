@@ -1,0 +1,252 @@
+"""The anti-rollback ledger: per model the highest version ever accepted, a pinned rollback, the rollback history.
+
+It lives in `<repository>/.sealgate-state.json` (format `sealgate-repository-state/1`, unchanged since the
+ledger was a plain dict). Values are frozen dataclasses; a change is a pure function from one `Ledger` to
+the next, applied by `LedgerFile.update` under a thread lock and an flock on `.sealgate-state.lock`, on the
+freshly read file, then written atomically. Several processes sharing a repository therefore serialize,
+and because every transition takes the maximum, none can lower a model's floor. Parsing is strict: an
+unknown, missing or mistyped field refuses the whole file rather than guessing a floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gateway.errors import ConfigError, InvalidInput, RollbackRefused, clip
+from gateway.fsutil import atomic_write
+from gateway.serving.repository import check_name
+from gateway.versions import check_version
+
+STATE_NAME = ".sealgate-state.json"
+LOCK_NAME = ".sealgate-state.lock"
+STATE_FORMAT = "sealgate-repository-state/1"
+_TOP_FIELDS = frozenset({"format", "models"})
+_RECORD_FIELDS = frozenset({"highest_seen", "pinned", "rollbacks"})
+_ROLLBACK_FIELDS = frozenset({"time", "from", "to", "reason"})
+
+
+class LedgerFormatError(ValueError):
+    """The ledger document does not have the expected shape (the file is then refused as a ConfigError)."""
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """One explicit rollback: when, from which default version (None if none served), to which, and why."""
+
+    time: str
+    from_version: int | None
+    to_version: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form: {"time", "from", "to", "reason"}."""
+        return {"time": self.time, "from": self.from_version, "to": self.to_version, "reason": self.reason}
+
+    @classmethod
+    def parse(cls, doc: object, where: str) -> Rollback:
+        """Strictly parse one rollback entry; LedgerFormatError on anything unexpected."""
+        fields = _object(doc, _ROLLBACK_FIELDS, where)
+        time, reason = fields["time"], fields["reason"]
+        if not isinstance(time, str) or not isinstance(reason, str):
+            raise LedgerFormatError(f"{where}: time and reason must be strings")
+        previous = fields["from"]
+        from_version = None if previous is None else _version(previous, f"{where}.from")
+        return cls(time, from_version, _version(fields["to"], f"{where}.to"), reason)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What the ledger remembers of one model; every transition returns a new record."""
+
+    highest_seen: int = 0
+    pinned: int | None = None
+    rollbacks: tuple[Rollback, ...] = ()
+
+    @property
+    def last_rollback(self) -> Rollback | None:
+        """The most recent rollback, or None."""
+        return self.rollbacks[-1] if self.rollbacks else None
+
+    def bumped(self, version: int) -> ModelRecord:
+        """The floor raised to `version` if that is higher; never lowered."""
+        return replace(self, highest_seen=max(self.highest_seen, check_version(version)))
+
+    def pushed(self, name: str, version: int) -> ModelRecord:
+        """An accepted push: the floor rises to `version` and any rollback pin ends.
+
+        RollbackRefused if the floor (possibly raised by another process meanwhile) is already at or above it.
+        """
+        if check_version(version) <= self.highest_seen:
+            raise RollbackRefused(
+                f"model {name!r}: version {version} is not above the highest version seen ({self.highest_seen}); "
+                "only an explicit rollback serves an earlier version"
+            )
+        return replace(self, highest_seen=version, pinned=None)
+
+    def rolled_back(self, version: int, previous: int | None, reason: str, time: str) -> ModelRecord:
+        """An explicit rollback: pin `version` and append the reason to the history."""
+        entry = Rollback(time, previous, check_version(version), reason)
+        return replace(self, pinned=version, rollbacks=(*self.rollbacks, entry))
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form of the record."""
+        return {
+            "highest_seen": self.highest_seen,
+            "pinned": self.pinned,
+            "rollbacks": [r.to_json() for r in self.rollbacks],
+        }
+
+    @classmethod
+    def parse(cls, doc: object, where: str) -> ModelRecord:
+        """Strictly parse one model's record; LedgerFormatError on anything unexpected."""
+        fields = _object(doc, _RECORD_FIELDS, where)
+        highest = fields["highest_seen"]
+        if type(highest) is not int or highest < 0:
+            raise LedgerFormatError(f"{where}: highest_seen must be an integer >= 0")
+        if highest:
+            _version(highest, f"{where}.highest_seen")
+        pinned = fields["pinned"]
+        rollbacks = fields["rollbacks"]
+        if not isinstance(rollbacks, list):
+            raise LedgerFormatError(f"{where}: rollbacks must be a list")
+        return cls(
+            highest,
+            None if pinned is None else _version(pinned, f"{where}.pinned"),
+            tuple(Rollback.parse(r, f"{where}.rollbacks[{i}]") for i, r in enumerate(rollbacks)),
+        )
+
+
+_NO_RECORD = ModelRecord()
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The whole ledger: an immutable map from model name to its record."""
+
+    models: Mapping[str, ModelRecord] = field(default_factory=lambda: MappingProxyType({}))
+
+    def record(self, name: str) -> ModelRecord:
+        """The record of `name` (an empty one if the ledger never saw it)."""
+        return self.models.get(name, _NO_RECORD)
+
+    def highest_seen(self, name: str) -> int:
+        """The anti-rollback floor of `name` (0 if none)."""
+        return self.record(name).highest_seen
+
+    def pinned(self, name: str) -> int | None:
+        """The version an explicit rollback pinned for `name`, or None."""
+        return self.record(name).pinned
+
+    def with_record(self, name: str, record: ModelRecord) -> Ledger:
+        """A new ledger with `name`'s record replaced."""
+        check_name(name)
+        return Ledger(MappingProxyType({**self.models, name: record}))
+
+    def change(self, name: str, step: Callable[[ModelRecord], ModelRecord]) -> Ledger:
+        """A new ledger with `step` applied to `name`'s record."""
+        return self.with_record(name, step(self.record(name)))
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk document."""
+        return {"format": STATE_FORMAT, "models": {n: r.to_json() for n, r in sorted(self.models.items())}}
+
+    def dumps(self) -> bytes:
+        """The on-disk bytes (sorted keys, indented, newline-terminated, as before the typed ledger)."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, doc: object) -> Ledger:
+        """Strictly parse a whole ledger document; LedgerFormatError on anything unexpected."""
+        fields = _object(doc, _TOP_FIELDS, "ledger")
+        if fields["format"] != STATE_FORMAT:
+            raise LedgerFormatError(f"expected format {STATE_FORMAT!r}, got '{clip(fields['format'])}'")
+        models = fields["models"]
+        if not isinstance(models, dict):
+            raise LedgerFormatError("'models' must be an object")
+        records: dict[str, ModelRecord] = {}
+        for name, record in models.items():
+            try:
+                check_name(name)
+            except InvalidInput as exc:
+                raise LedgerFormatError(str(exc)) from None
+            records[name] = ModelRecord.parse(record, f"model {name!r}")
+        return cls(MappingProxyType(records))
+
+
+class LedgerFile:
+    """The ledger of one repository on disk: read it, or change it atomically under a thread lock and an flock."""
+
+    def __init__(self, root: Path) -> None:
+        """Bind to the repository folder `root`; nothing is read yet."""
+        self.root = Path(root)
+        self.path = self.root / STATE_NAME
+        self.lock_path = self.root / LOCK_NAME
+        self._lock = threading.Lock()
+
+    def load(self) -> Ledger:
+        """The ledger as on disk now (empty if there is no file); ConfigError if the file is not a valid ledger."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return Ledger()
+        try:
+            return Ledger.parse(json.loads(raw))
+        except ValueError as exc:  # JSON syntax or LedgerFormatError
+            raise ConfigError(
+                f"{self.path} is not valid repository state ({clip(exc, 300)}); "
+                "refusing to guess the anti-rollback floor"
+            ) from None
+
+    def update(self, step: Callable[[Ledger], Ledger]) -> Ledger:
+        """Apply `step` to the ledger read under the locks and write the result atomically; return it.
+
+        If `step` raises, nothing is written. Unchanged results are not rewritten.
+        """
+        with self._lock, self._file_lock():
+            current = self.load()
+            after = step(current)
+            if after != current:
+                Ledger.parse(after.to_json())  # never write what could not be read back
+                atomic_write(self.path, after.dumps(), 0o644, force=True)
+            return after
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """An exclusive flock on the lock file, shared by every process that serves this repository."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _object(doc: object, expected: frozenset[str], where: str) -> dict[str, Any]:
+    """`doc` as a dict holding exactly the `expected` keys; LedgerFormatError otherwise."""
+    if not isinstance(doc, dict):
+        raise LedgerFormatError(f"{where}: expected an object")
+    keys = set(doc)
+    if keys != expected:
+        extra = ", ".join(sorted(clip(k, 40) for k in keys - expected))
+        missing = ", ".join(sorted(expected - keys))
+        raise LedgerFormatError(f"{where}: unknown fields [{extra}], missing fields [{missing}]")
+    return doc
+
+
+def _version(value: object, where: str) -> int:
+    """`value` as a valid version number; LedgerFormatError otherwise."""
+    if type(value) is not int:
+        raise LedgerFormatError(f"{where}: must be an integer version")
+    try:
+        return check_version(value)
+    except InvalidInput:
+        raise LedgerFormatError(f"{where}: {value} is not a valid version") from None
