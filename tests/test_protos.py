@@ -90,7 +90,7 @@ def test_inference_messages_and_rpcs_equal_tritons() -> None:
     ours, theirs = _file_proto(inference_pb2.DESCRIPTOR), _file_proto(triton_service_pb2.DESCRIPTOR)
     assert ours.package == theirs.package == "inference"
     triton_messages = {message.name: message for message in theirs.message_type}
-    assert len(ours.message_type) == 17
+    assert len(ours.message_type) == 32
     for message in ours.message_type:
         assert message == triton_messages[message.name], message.name
     (service,) = ours.service
@@ -105,6 +105,10 @@ def test_inference_messages_and_rpcs_equal_tritons() -> None:
         "ModelInfer",
         "ModelStreamInfer",
         "RepositoryIndex",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
     for method in service.method:
         assert method == triton_methods[method.name], method.name

@@ -3,7 +3,8 @@
 Run `python -m gateway.protos.generate` after editing a .proto (`--check` only lists stale files).
 protoc (from grpc_tools) compiles with protos/ as the include root, so descriptors keep their source
 names (`inference/grpc_service.proto`); a fixed set of rewrites then makes the output importable as
-`gateway.protos.<dir>...` and registers it in the private pool of `gateway.protos.pool`. Each rewrite
+`gateway.protos.<dir>...` and registers it in the private pool of `gateway.protos.pool` (the two well-known
+types TF Serving's contract imports, Any and Int64Value, are mirrored into that pool first). Each rewrite
 must match exactly as often as expected, so a protoc whose output changes shape fails loudly here.
 """
 
@@ -30,9 +31,14 @@ INIT_TEXT = '"""Generated package for protos/{path}; regenerate with `python -m 
 
 _DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
 _PRIVATE_POOL = "_sealgate_pool.POOL.AddSerializedFile("
+_DESCRIPTOR = "DESCRIPTOR = "
 _INSERTION_POINT = "# @@protoc_insertion_point(imports)\n"
 _BUILD_MESSAGES = re.compile(r"(_builder\.BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')([\w.]+)(')")
-_FOREIGN_IMPORT = re.compile(r"^from google\.protobuf import (\w+_pb2) as ", re.MULTILINE)
+_FOREIGN_IMPORT = re.compile(r"^from google\.protobuf import (\w+_pb2) as (\w+)$", re.MULTILINE)
+# well-known types an official contract we mirror needs (TF Serving: Int64Value, Any); their files are copied
+# into the private pool before the importing file, so their classes there are the pool's own (set fields, never
+# assign a google.protobuf instance). Any other well-known type is refused.
+MIRRORED_WELL_KNOWN = frozenset({"any_pb2", "wrappers_pb2"})
 
 
 def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
@@ -68,7 +74,7 @@ def render(proto_root: Path = PROTO_ROOT) -> dict[str, bytes]:
                 path.relative_to(out).as_posix(), path.read_bytes().decode("utf-8"), roots
             )
             for path in sorted(out.rglob("*"))
-            if path.is_file()
+            if path.is_file() and not _serviceless_grpc(path)
         }
     rendered = {name: text.encode("utf-8") for name, text in files.items()}
     for name in list(rendered):
@@ -78,6 +84,11 @@ def render(proto_root: Path = PROTO_ROOT) -> dict[str, bytes]:
     return dict(sorted(rendered.items()))
 
 
+def _serviceless_grpc(path: Path) -> bool:
+    """A `_pb2_grpc.py` that protoc wrote for a proto declaring no service: nothing in it, so not kept."""
+    return path.name.endswith("_pb2_grpc.py") and "Servicer" not in path.read_text(encoding="utf-8")
+
+
 def _rewrite(name: str, text: str, roots: set[str]) -> str:
     """Apply the package and private-pool rewrites to one generated file."""
     root_pattern = "|".join(re.escape(root) for root in sorted(roots))
@@ -85,16 +96,21 @@ def _rewrite(name: str, text: str, roots: set[str]) -> str:
     if not name.endswith("_pb2.py"):
         return text
     foreign = _FOREIGN_IMPORT.findall(text)
-    if foreign:
+    refused = [module for module, _ in foreign if module not in MIRRORED_WELL_KNOWN]
+    if refused:
         raise ConfigError(
-            f"{name} imports {', '.join(foreign)}: sealgate protos live in a private descriptor pool "
-            "(gateway/protos/pool.py) and may import only files under protos/"
+            f"{name} imports {', '.join(refused)}: sealgate protos live in a private descriptor pool "
+            "(gateway/protos/pool.py) and may import only files under protos/ and the well-known types "
+            f"{', '.join(sorted(MIRRORED_WELL_KNOWN))}"
         )
     text, count = _BUILD_MESSAGES.subn(rf"\g<1>{PACKAGE}.\g<2>\g<3>", text)
     _expect(name, "BuildTopDescriptorsAndMessages", count)
     _expect(name, _DEFAULT_POOL, text.count(_DEFAULT_POOL))
     _expect(name, _INSERTION_POINT.strip(), text.count(_INSERTION_POINT))
-    text = text.replace(_DEFAULT_POOL, _PRIVATE_POOL).replace(_INSERTION_POINT, POOL_IMPORT + _INSERTION_POINT)
+    mirrors = "".join(f"_sealgate_pool.mirror({alias}.DESCRIPTOR)\n" for _, alias in foreign)
+    _expect(name, _DESCRIPTOR + _DEFAULT_POOL, text.count(_DESCRIPTOR + _DEFAULT_POOL))
+    text = text.replace(_DESCRIPTOR + _DEFAULT_POOL, mirrors + _DESCRIPTOR + _PRIVATE_POOL)
+    text = text.replace(_INSERTION_POINT, POOL_IMPORT + _INSERTION_POINT)
     return text
 
 

@@ -34,7 +34,15 @@ from gateway.fsutil import enter_private_cwd
 from gateway.protos import pool
 from gateway.protos.inference import grpc_service_pb2 as inference_pb2
 from gateway.protos.inference import grpc_service_pb2_grpc as inference_grpc
+from gateway.protos.reflection.v1 import reflection_pb2 as reflection_v1_pb2
+from gateway.protos.reflection.v1 import reflection_pb2_grpc as reflection_v1_grpc
 from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
+from gateway.protos.tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
 from gateway.server.dataplane import DataPlane
 from gateway.server.guard import Guard, PeerCache
 from gateway.server.inference import InferenceService
@@ -43,8 +51,11 @@ from gateway.server.metrics import Metrics
 from gateway.server.metrics_http import MetricsServer
 from gateway.server.public import PublicHealth, PublicReflection
 from gateway.server.recorder import CallRecorder
+from gateway.server.reflection_v1 import SERVICE_NAME as REFLECTION_V1
+from gateway.server.reflection_v1 import PublicReflectionV1
 from gateway.server.release import ReleaseService
 from gateway.server.rest import RestLimits, RestServer
+from gateway.server.tfserving import ModelService, PredictionService
 from gateway.serving.manager import ModelManager
 from gateway.serving.policy import VersionPolicy
 from gateway.serving.repository import Repository
@@ -130,12 +141,20 @@ class Gateway:
         self._add(inference_pb2, "GRPCInferenceService", inference, add_inference)
         release = ReleaseService(self.manager, self.guard, peers, cfg.server, self.grpc_slots)
         self._add(release_pb2, "Release", release, release_pb2_grpc.add_ReleaseServicer_to_server)
+        tfs = (self.dataplane, self.guard, peers, self.grpc_slots, limit)
+        add_predict = prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server
+        self._add(prediction_service_pb2, "PredictionService", PredictionService(*tfs), add_predict)
+        add_status = model_service_pb2_grpc.add_ModelServiceServicer_to_server
+        self._add(model_service_pb2, "ModelService", ModelService(*tfs), add_status)
         self._add(health_pb2, "Health", self._health, health_pb2_grpc.add_HealthServicer_to_server)
         pool.mirror(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
-        names = (*self.services, reflection.SERVICE_NAME)
+        names = (*self.services, reflection.SERVICE_NAME, REFLECTION_V1)
         reflector = PublicReflection(names, self.guard, peers, pool=pool.POOL)
         add_reflection = reflection_pb2_grpc.add_ServerReflectionServicer_to_server
         self._add(reflection_pb2, "ServerReflection", reflector, add_reflection)
+        reflector_v1 = PublicReflectionV1(names, self.guard, peers, pool=pool.POOL)
+        add_reflection_v1 = reflection_v1_grpc.add_ServerReflectionServicer_to_server
+        self._add(reflection_v1_pb2, "ServerReflection", reflector_v1, add_reflection_v1)
         creds = server_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key, cfg.tls.require_client_auth)
         self.grpc_port = self._server.add_secure_port(cfg.server.grpc_address, creds)
         await self._server.start()

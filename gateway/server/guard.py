@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import operator
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -259,6 +260,7 @@ def guarded(action: str | None, model: str = "", *, name: str = "", version: str
         method = name or fn.__name__
         decl = Declaration(method, action, model)
         field = model if model != IN_STREAM else ""
+        model_of = operator.attrgetter(field) if field else None  # a dotted path reaches a nested field
 
         if model == IN_STREAM:
 
@@ -280,7 +282,7 @@ def guarded(action: str | None, model: str = "", *, name: str = "", version: str
 
             @functools.wraps(fn)
             async def streamed(self: GuardedServicer, request: Any, context: Any) -> AsyncIterator[Any]:
-                target = getattr(request, field) if field else ""
+                target = model_of(request) if model_of else ""
                 try:
                     with self.guard.call("grpc", method, self.peers.get(context), target) as call:
                         if version:
@@ -300,7 +302,7 @@ def guarded(action: str | None, model: str = "", *, name: str = "", version: str
 
         @functools.wraps(fn)
         async def unary(self: GuardedServicer, request: Any, context: Any) -> Any:
-            target = getattr(request, field) if field else ""
+            target = model_of(request) if model_of else ""
             try:
                 with self.guard.call("grpc", method, self.peers.get(context), target) as call:
                     if version:

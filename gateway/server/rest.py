@@ -1,8 +1,10 @@
-"""TF Serving's REST API over mutual TLS, on h11 (a strict HTTP/1.1 state machine) and asyncio streams.
+"""The REST API over mutual TLS, on h11 (a strict HTTP/1.1 state machine) and asyncio streams.
 
-Predict (row "instances" and columnar "inputs") and model status, with the same Guard as gRPC: every
-request, refused or served, is authorized, audited and counted (HTTP-level refusals under the method
-"http-parse"; refused connections under "connection"). The order of work bounds what a client can take:
+Two protocols, one route table (ROUTES, plus the public PUBLIC_ROUTES): the Open Inference Protocol
+(`/v2/...`, KServe V2 / Triton HTTP, documents in oip_rest.py) and TF Serving's REST API (`/v1/models/...`,
+documents in tfs_rest.py). Each route declares its audit name and scope; the same Guard as gRPC authorizes,
+audits and counts every request, refused or served (HTTP-level refusals under the method "http-parse";
+refused connections under "connection"). The order of work bounds what a client can take:
 
 1. Connections: at most `max_connections` open (beyond: closed at once, before TLS), a bounded TLS
    handshake, at most `max_connections_per_peer` per client certificate (beyond: 429 and close).
@@ -28,9 +30,9 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import numpy as np
@@ -45,20 +47,27 @@ from gateway.errors import (
     SealgateError,
     TooLarge,
     Unauthenticated,
+    Unavailable,
     clip,
 )
-from gateway.server import strict_json
-from gateway.server.dataplane import DataPlane
+from gateway.server import oip_rest, strict_json, tfs_rest
+from gateway.server.dataplane import DataPlane, version_to_load
 from gateway.server.guard import Call, Guard
+from gateway.server.inference import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from gateway.server.limits import Slots
 from gateway.server.status_map import HttpRefusal, http_status
+from gateway.server.tfs_rest import model_status, predict
 from gateway.serving.manager import ModelManager
 from gateway.serving.status import ServedModel
 from gateway.versions import parse_version
 
+__all__ = ["PUBLIC_ROUTES", "ROUTES", "RestApp", "RestLimits", "RestServer", "Route", "model_status", "predict"]
+
 log = logging.getLogger("sealgate.rest")
-Infer = Callable[[ServedModel, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-_TFS_STATE = {"SERVING": "AVAILABLE", "LOADING": "LOADING", "AVAILABLE": "AVAILABLE", "RETIRED": "END"}
+JSON = b"application/json"
+LOAD_PARAMETERS = frozenset({"config"})
+UNLOAD_PARAMETERS = frozenset({"unload_dependents"})  # sealgate models have no dependents: accepted, no effect
+BINARY = b"application/octet-stream"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _HEAD_END = re.compile(rb"\n\r?\n")  # the empty line; CRLF-only is checked once the head is whole
@@ -76,6 +85,7 @@ _REASONS = {
     408: b"Request Timeout",
     412: b"Precondition Failed",
     413: b"Content Too Large",
+    415: b"Unsupported Media Type",
     414: b"URI Too Long",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
@@ -143,95 +153,11 @@ class RestLimits:
         )
 
 
-# --- TF Serving's predict on a request body -------------------------------------------------------
-def _inputs_of(body: Any, specs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """Numpy inputs of a parsed predict body, and the number of rows for the row ("instances") form."""
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object")
-    if ("instances" in body) == ("inputs" in body):
-        raise InvalidInput('the request needs exactly one of "instances" or "inputs"')
-    if "instances" in body:
-        rows = body["instances"]
-        if not isinstance(rows, list) or not rows:
-            raise InvalidInput('"instances" must be a non-empty list')
-        if len(specs) == 1:
-            (only,) = specs.values()
-            return {only.name: strict_json.to_array(rows, only.datatype, only.name)}, len(rows)
-        if not all(isinstance(r, dict) for r in rows):
-            raise InvalidInput("a model with several inputs takes instances as objects keyed by input name")
-        keys = set(rows[0])
-        if any(set(r) != keys for r in rows):
-            raise InvalidInput("every instance must name the same inputs")
-        inputs = {}
-        for k in keys:
-            if k not in specs:
-                raise InvalidInput(f"unknown input {clip(k)!r}; expected {', '.join(sorted(specs))}")
-            inputs[k] = strict_json.to_array([r[k] for r in rows], specs[k].datatype, k)
-        return inputs, len(rows)
-    cols = body["inputs"]
-    if isinstance(cols, dict):
-        inputs = {}
-        for k, v in cols.items():
-            if k not in specs:
-                raise InvalidInput(f"unknown input {clip(k)!r}; expected {', '.join(sorted(specs))}")
-            inputs[k] = strict_json.to_array(v, specs[k].datatype, k)
-        return inputs, None
-    if len(specs) == 1:
-        (only,) = specs.values()
-        return {only.name: strict_json.to_array(cols, only.datatype, only.name)}, None
-    raise InvalidInput('"inputs" must be an object keyed by input name for a model with several inputs')
-
-
-def predict(
-    served: ServedModel, raw: bytes, max_depth: int = strict_json.MAX_DEPTH, infer: Infer | None = None
-) -> bytes:
-    """TF Serving's predict on a served model and a raw request body: strict JSON in, strict JSON out.
-
-    `infer` runs the decoded inputs (the data plane's `infer_now`); without one, the model itself does.
-    """
-    model = served.model
-    inputs, rows = _inputs_of(strict_json.loads(raw, max_depth), {t.name: t for t in model.inputs})
-    outputs = infer(served, inputs) if infer is not None else model.infer(inputs)
-    out_names = [t.name for t in model.outputs]
-    if rows is not None:
-        if len(out_names) == 1:
-            doc: dict[str, Any] = {"predictions": strict_json.jsonable(outputs[out_names[0]])}
-        else:
-            cols = {k: strict_json.jsonable(outputs[k]) for k in out_names}
-            doc = {"predictions": [{k: cols[k][i] for k in out_names} for i in range(rows)]}
-    elif len(out_names) == 1:
-        doc = {"outputs": strict_json.jsonable(outputs[out_names[0]])}
-    else:
-        doc = {"outputs": {k: strict_json.jsonable(outputs[k]) for k in out_names}}
-    return strict_json.dumps(doc)
-
-
-def model_status(dataplane: DataPlane, name: str, version: int | None) -> bytes:
-    """TF Serving's GetModelStatus document for a model (or one of its versions)."""
-    entries = [s for s in dataplane.status() if s.name == name and (version is None or s.version == version)]
-    if not entries:
-        raise NotFound(f"model {clip(name)!r}" + (f" has no version {version}" if version else " not found"))
-    return strict_json.dumps(
-        {
-            "model_version_status": [
-                {
-                    "version": str(s.version),
-                    "state": _TFS_STATE.get(s.state.name, s.state.name),
-                    "status": {
-                        "error_code": "OK" if s.state.name != "REFUSED" else "FAILED_PRECONDITION",
-                        "error_message": s.reason or "",
-                    },
-                }
-                for s in entries
-            ]
-        }
-    )
-
-
 # --- the route table: every REST route, its audit name, its scope and its handler --------------------
 @dataclass(frozen=True)
 class Route:
-    """One REST route: HTTP method, path pattern (named groups `name`, `version`), audit name, scope, handler.
+    """One REST route: HTTP method, path pattern (named groups `name`, `version`, `label`), audit name,
+    scope (None: any valid token; a public route needs none), handler.
 
     `example` is a path of this route, `{name}` standing for a model (the guard-walk test calls each through it).
     """
@@ -239,29 +165,71 @@ class Route:
     method: bytes
     pattern: re.Pattern[str]
     name: str
-    action: str
+    action: str | None
     handler: str
     example: str
 
 
-_MODEL = r"/v1/models/(?P<name>[A-Za-z0-9._-]+)(?:/versions/(?P<version>[0-9]+))?"
+@dataclass(frozen=True)
+class Reply:
+    """A 200 answer: its body, content type and any extra headers."""
+
+    body: bytes
+    content_type: bytes = JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+_NAME = r"(?P<name>[A-Za-z0-9._-]+)"
+_TFS = rf"/v1/models/{_NAME}(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[A-Za-z0-9._-]+))?"
+_OIP = rf"/v2/models/{_NAME}(?:/versions/(?P<version>[0-9]+))?"
+_REPO = rf"/v2/repository/models/{_NAME}(?:/versions/(?P<version>[0-9]+))?"
+
+
+def _route(method: bytes, path: str, name: str, action: str | None, handler: str, example: str) -> Route:
+    return Route(method, re.compile(path), name, action, handler, example)
+
+
 ROUTES: tuple[Route, ...] = (
-    Route(b"GET", re.compile(_MODEL), "GetModelStatus", "infer", "_status", "/v1/models/{name}"),
-    Route(b"POST", re.compile(_MODEL + ":predict"), "Predict", "infer", "_predict", "/v1/models/{name}:predict"),
+    # TF Serving
+    _route(b"GET", _TFS, "GetModelStatus", "infer", "_status", "/v1/models/{name}"),
+    _route(b"GET", _TFS + "/metadata", "GetModelMetadata", "infer", "_tfs_metadata", "/v1/models/{name}/metadata"),
+    _route(b"POST", _TFS + ":predict", "Predict", "infer", "_predict", "/v1/models/{name}:predict"),
+    _route(b"POST", _TFS + ":classify", "Classify", "infer", "_classify", "/v1/models/{name}:classify"),
+    _route(b"POST", _TFS + ":regress", "Regress", "infer", "_regress", "/v1/models/{name}:regress"),
+    # the Open Inference Protocol
+    _route(b"GET", "/v2", "ServerMetadata", None, "_server_metadata", "/v2"),
+    _route(b"GET", "/v2/models/stats", "ModelStatisticsAll", None, "_stats", "/v2/models/stats"),
+    _route(b"GET", _OIP, "ModelMetadata", "infer", "_metadata", "/v2/models/{name}"),
+    _route(b"GET", _OIP + "/ready", "ModelReady", "infer", "_model_ready", "/v2/models/{name}/ready"),
+    _route(b"GET", _OIP + "/config", "ModelConfig", "infer", "_config", "/v2/models/{name}/config"),
+    _route(b"GET", _OIP + "/stats", "ModelStatistics", "infer", "_stats", "/v2/models/{name}/stats"),
+    _route(b"POST", _OIP + "/infer", "ModelInfer", "infer", "_infer", "/v2/models/{name}/infer"),
+    _route(b"POST", "/v2/repository/index", "RepositoryIndex", None, "_index", "/v2/repository/index"),
+    _route(b"POST", _REPO + "/load", "RepositoryModelLoad", "admin", "_load", "/v2/repository/models/{name}/load"),
+    _route(
+        b"POST", _REPO + "/unload", "RepositoryModelUnload", "admin", "_unload", "/v2/repository/models/{name}/unload"
+    ),
 )
-PUBLIC_ROUTES: tuple[Route, ...] = ()  # none: every REST route needs a token
+# answered with a client certificate that verifies and no token, like gRPC's ServerLive / ServerReady: for
+# probes and load balancers; they say only whether the server is up and ready
+PUBLIC_ROUTES: tuple[Route, ...] = (
+    _route(b"GET", "/v2/health/live", "ServerLive", None, "_live", "/v2/health/live"),
+    _route(b"GET", "/v2/health/ready", "ServerReady", None, "_ready", "/v2/health/ready"),
+)
 
 
 def match(method: bytes, path: str) -> tuple[Route, re.Match[str]]:
-    """The route of a request and its path's match; NotFound (404, path clipped) when there is none."""
-    for route in ROUTES:
+    """The route of a request and its path's match; NotFound (404, path clipped) when there is none, 405
+    for a path that takes another method."""
+    allowed: list[bytes] = []
+    for route in (*PUBLIC_ROUTES, *ROUTES):
         m = route.pattern.fullmatch(path)
         if m is not None:
             if route.method == method:
                 return route, m
-            if m["version"]:
-                parse_version(m["version"])  # a bad version is named before a wrong verb
-            raise NotFound("POST needs the :predict verb" if method == b"POST" else "use POST for :predict")
+            allowed.append(route.method)
+    if allowed:
+        raise HttpRefusal(405, f"use {' or '.join(sorted({a.decode() for a in allowed}))} for {clip(path)}")
     raise NotFound(f"no such endpoint: {clip(path)}")
 
 
@@ -299,6 +267,7 @@ class _Connection:
         self.deadline = 0.0
         self.body_left = 0
         self.keep = True
+        self.headers: Sequence[tuple[bytes, bytes]] = ()
 
     async def run(self) -> None:
         """Serve requests until the client leaves, a request must close the connection, or it stays idle."""
@@ -360,7 +329,7 @@ class _Connection:
         self.body_left = 0
         try:
             with self.app.guard.call("rest", "http-parse", self.peer) as call:
-                status, payload = 200, await self._handle(call)
+                status, reply = 200, await self._handle(call)
             if self.body_left:
                 self.keep = False  # a body that was never read: no request may follow it
         except _Gone:
@@ -368,10 +337,10 @@ class _Connection:
             raise
         except Exception as exc:
             status, message = http_status(exc)
-            payload = strict_json.dumps({"error": message})
+            reply = Reply(strict_json.dumps({"error": message}))
             if isinstance(exc, HttpRefusal | TooLarge) or self.body_left:
                 self.keep = False  # the stream holds bytes that are not a request: no request may follow
-        await self._send(status, payload)
+        await self._send(status, reply)
 
     async def _head(self) -> h11.Request:
         """The request head, bounded, strictly framed, parsed by h11."""
@@ -414,9 +383,10 @@ class _Connection:
             raise HttpRefusal(414, f"request target longer than {self.limits.max_target_bytes} bytes")
         return event
 
-    async def _handle(self, call: Call) -> bytes:
-        """Everything between the head and the answer; returns the response body of a 200."""
+    async def _handle(self, call: Call) -> Reply:
+        """Everything between the head and the answer: route, guard, then the route's handler."""
         request = await self._head()
+        self.headers = request.headers
         lengths = [int(v) for k, v in request.headers if k == b"content-length"]
         self.body_left = lengths[0] if lengths else 0
         if any(k == b"transfer-encoding" for k, _ in request.headers):
@@ -425,40 +395,202 @@ class _Connection:
         method = request.method
         if method not in (b"GET", b"POST"):
             raise HttpRefusal(405, "only GET and POST are served")
+        encoding = self._header(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() != b"identity":
+            raise HttpRefusal(415, "compressed request bodies (Content-Encoding) are not accepted")
         call.method = "Predict" if method == b"POST" else "GetModelStatus"
         target = request.target.decode("ascii", "replace")
         route, m = match(method, target.split("?", 1)[0])
         call.method = route.name
-        name = m["name"]
+        groups = m.groupdict()
+        name = groups.get("name") or ""
         call.model = name
-        version = parse_version(m["version"]) if m["version"] else None
-        app = self.app
-        app.guard.authorize(call, header_pairs(request.headers), route.action, name)
-        return await getattr(self, route.handler)(call, name, version)
+        version = parse_version(groups["version"]) if groups.get("version") else None
+        guard = self.app.guard
+        if route in PUBLIC_ROUTES:
+            guard.check_peer(call)
+        else:
+            guard.authorize(call, header_pairs(request.headers), route.action, name)
+        label = groups.get("label")
+        if label is not None:
+            version = self.app.dataplane.label_version(name, label)
+        if version is not None:
+            call.version = str(version)
+        handler: Callable[[Call, str, int | None], Awaitable[Reply]] = getattr(self, route.handler)
+        return await handler(call, name, version)
 
-    async def _status(self, call: Call, name: str, version: int | None) -> bytes:
-        """TF Serving's GetModelStatus of an authorized request."""
-        if not self.body_left:  # h11 still expects the (empty) body's end before the next request
+    def _header(self, name: bytes) -> bytes | None:
+        """The value of request header `name` (lowercase), None when absent."""
+        return next((v for k, v in self.headers if k == name), None)
+
+    async def _no_body(self) -> None:
+        """End a request that takes no body (h11 still expects the empty body's end before the next one)."""
+        if not self.body_left:
             await self._body()
-        return model_status(self.app.dataplane, name, version)
 
-    async def _predict(self, call: Call, name: str, version: int | None) -> bytes:
-        """TF Serving's predict of an authorized request: a slot, the body, then the data plane."""
-        app = self.app
-        dataplane = app.dataplane
-        served = dataplane.model(name, version)
-        call.version = str(served.version)
+    async def _payload(self) -> bytes:
+        """The request body, after its declared length was checked against the limit (413 before reading)."""
         if self.body_left > self.limits.max_body_bytes:
             raise TooLarge(f"request body of {self.body_left} bytes exceeds the limit of {self.limits.max_body_bytes}")
-        with app.slots.hold(self.peer.thumbprint or ""):
-            raw = await self._body()
+        return await self._body()
+
+    def _slot(self) -> AbstractContextManager[None]:
+        """One of the caller's concurrency slots, held while its body is read and run."""
+        return self.app.slots.hold(self.peer.thumbprint or "")
+
+    def _served(self, call: Call, name: str, version: int | None) -> ServedModel:
+        """The served model a request runs on, its version noted in the audit record."""
+        served = self.app.dataplane.model(name, version)
+        call.version = str(served.version)
+        return served
+
+    # --- TF Serving ---------------------------------------------------------------------------------
+    async def _status(self, call: Call, name: str, version: int | None) -> Reply:
+        """TF Serving's GetModelStatus."""
+        await self._no_body()
+        return Reply(model_status(self.app.dataplane, name, version))
+
+    async def _tfs_metadata(self, call: Call, name: str, version: int | None) -> Reply:
+        """TF Serving's GetModelMetadata."""
+        await self._no_body()
+        meta = self.app.dataplane.metadata(name, version)
+        call.version = str(meta.version)
+        return Reply(tfs_rest.metadata(meta))
+
+    async def _predict(self, call: Call, name: str, version: int | None) -> Reply:
+        """TF Serving's predict: a slot, the body, then the data plane (off the loop when large or slow)."""
+        return await self._run_tfs(call, name, version, self.app.predict)
+
+    async def _classify(self, call: Call, name: str, version: int | None) -> Reply:
+        """TF Serving's classify, for a model that declares a classification output (see tfs_rest)."""
+        return await self._run_tfs(call, name, version, self.app.classify)
+
+    async def _regress(self, call: Call, name: str, version: int | None) -> Reply:
+        """TF Serving's regress, for a model that declares a regression output (see tfs_rest)."""
+        return await self._run_tfs(call, name, version, self.app.regress)
+
+    async def _run_tfs(
+        self, call: Call, name: str, version: int | None, run: Callable[[ServedModel, bytes], bytes]
+    ) -> Reply:
+        """Read the body under a slot and run one TF Serving document through the data plane."""
+        dataplane = self.app.dataplane
+        served = self._served(call, name, version)
+        with self._slot():
+            raw = await self._payload()
             off_loop = len(raw) > INLINE_BODY_BYTES or not dataplane.inline(served)
-            return await dataplane.off_loop(app.predict, served, raw, when=off_loop)
+            return Reply(await dataplane.off_loop(run, served, raw, when=off_loop))
+
+    # --- the Open Inference Protocol ----------------------------------------------------------------
+    async def _live(self, call: Call, name: str, version: int | None) -> Reply:
+        """Liveness, public (probes): the server answers."""
+        await self._no_body()
+        return Reply(strict_json.dumps({"live": True}))
+
+    async def _ready(self, call: Call, name: str, version: int | None) -> Reply:
+        """Readiness, public (probes): 200 once every model was looked at and none is loading, else 503."""
+        await self._no_body()
+        if not self.app.dataplane.ready():
+            raise Unavailable("the server is not ready: models are still loading")
+        return Reply(strict_json.dumps({"ready": True}))
+
+    async def _server_metadata(self, call: Call, name: str, version: int | None) -> Reply:
+        """The server's name, version and extensions, to any authenticated caller."""
+        await self._no_body()
+        return Reply(strict_json.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}))
+
+    async def _metadata(self, call: Call, name: str, version: int | None) -> Reply:
+        """A model version's platform, versions and tensor signatures."""
+        await self._no_body()
+        meta = self.app.dataplane.metadata(name, version)
+        call.version = str(meta.version)
+        return Reply(oip_rest.metadata_doc(meta))
+
+    async def _model_ready(self, call: Call, name: str, version: int | None) -> Reply:
+        """200 when the model version serves; 404 unknown, 503 known but not serving."""
+        await self._no_body()
+        self._served(call, name, version)
+        return Reply(strict_json.dumps({"name": name, "ready": True}))
+
+    async def _config(self, call: Call, name: str, version: int | None) -> Reply:
+        """The model version's configuration, as Triton writes it."""
+        await self._no_body()
+        config = self.app.dataplane.config(name, version)
+        call.version = str(config.version)
+        return Reply(oip_rest.config_doc(config))
+
+    async def _stats(self, call: Call, name: str, version: int | None) -> Reply:
+        """Inference statistics of one model (or version), or of every model the caller may infer on."""
+        await self._no_body()
+        entries = self.app.dataplane.statistics(name or None, version, call.principal)
+        return Reply(oip_rest.stats_doc(entries))
+
+    async def _infer(self, call: Call, name: str, version: int | None) -> Reply:
+        """One inference: JSON tensors, or a JSON header then binary tensors (Inference-Header-Content-Length);
+        decode, run and encode timed into the statistics by the data plane."""
+        dataplane = self.app.dataplane
+        served = self._served(call, name, version)
+        header = self._header(oip_rest.HEADER_LENGTH)
+        with self._slot():
+            raw = await self._payload()
+            length = oip_rest.header_length(header, len(raw))
+            decoded: list[oip_rest.InferRequest] = []
+
+            def decode() -> dict[str, np.ndarray]:
+                decoded.append(oip_rest.decode_infer(raw, length, self.limits.max_json_depth))
+                return decoded[0].inputs
+
+            def encode(outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+                request = decoded[0]
+                order = request.outputs or tuple(t.name for t in served.model.outputs if t.name in outputs)
+                return oip_rest.encode_infer(served.name, served.version, request, outputs, order)
+
+            body, head = await dataplane.run(served, decode, encode, decode_off_loop=len(raw) > INLINE_BODY_BYTES)
+        if head is None:
+            return Reply(body)
+        return Reply(body, BINARY, ((oip_rest.HEADER_LENGTH, str(head).encode()),))
+
+    async def _index(self, call: Call, name: str, version: int | None) -> Reply:
+        """The model versions the caller may infer on or fetch (`{"ready": true}`: serving ones only)."""
+        assert call.principal is not None  # set by the guard before the handler runs
+        with self._slot():
+            ready = oip_rest.index_request(await self._payload(), self.limits.max_json_depth)
+        return Reply(oip_rest.index_doc(self.app.dataplane.index(call.principal, ready_only=ready)))
+
+    async def _load(self, call: Call, name: str, version: int | None) -> Reply:
+        """Admin: make a stored, verified version serve (DataPlane.load: an audited, persisted pin); the
+        version comes from the path or from a `config` parameter's version_policy, as over gRPC."""
+        with self._slot():
+            params = oip_rest.control_request(await self._payload(), LOAD_PARAMETERS, self.limits.max_json_depth)
+            config = params.get("config")
+            if config is not None:
+                if not isinstance(config, str):
+                    raise InvalidInput("load parameter 'config' must be a string of JSON")
+                if version is not None:
+                    raise InvalidInput("name the version in the path or in the config, not both")
+                version = version_to_load(config)
+            loaded = await asyncio.to_thread(self.app.dataplane.load, name, version, self._reason(call))
+        call.version = str(loaded)
+        return Reply(strict_json.dumps({"name": name, "version": str(loaded)}))
+
+    async def _unload(self, call: Call, name: str, version: int | None) -> Reply:
+        """Admin: stop serving the default version (DataPlane.unload: pins the highest earlier one)."""
+        with self._slot():
+            oip_rest.control_request(
+                await self._payload(), frozenset({"unload_dependents"}), self.limits.max_json_depth
+            )
+            default = await asyncio.to_thread(self.app.dataplane.unload, name, version, self._reason(call))
+        return Reply(strict_json.dumps({"name": name, "version": None if default is None else str(default)}))
+
+    @staticmethod
+    def _reason(call: Call) -> str:
+        """The reason recorded in the ledger's rollback history for a repository load or unload."""
+        subject = call.principal.subject if call.principal is not None else "?"
+        return f"{call.method} over REST by {clip(subject, 64)}"
 
     async def _body(self) -> bytes:
         """Exactly the declared Content-Length of body bytes, before the request's deadline."""
         if self.h11.they_are_waiting_for_100_continue:
-            await self.writer.write(self.h11.send(h11.InformationalResponse(status_code=100)), self._left())
+            await self.writer.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])), self._left())
         while len(self.buf) < self.body_left:
             await self._fill()
         raw = bytes(self.buf[: self.body_left])
@@ -476,11 +608,13 @@ class _Connection:
     def _left(self) -> float:
         return max(0.1, self.deadline - asyncio.get_running_loop().time())
 
-    async def _send(self, status: int, payload: bytes) -> None:
-        """Send one JSON answer through h11; `Connection: close` (and close) unless the connection goes on."""
+    async def _send(self, status: int, reply: Reply) -> None:
+        """Send one answer through h11; `Connection: close` (and close) unless the connection goes on."""
+        payload = reply.body
         headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"),
+            (b"content-type", reply.content_type),
             (b"content-length", str(len(payload)).encode()),
+            *reply.headers,
         ]
         if not self.keep:
             headers.append((b"connection", b"close"))
@@ -519,6 +653,14 @@ class RestApp:
     def predict(self, served: ServedModel, raw: bytes) -> bytes:
         """TF Serving's predict of a request body, run on the data plane (in the calling thread)."""
         return predict(served, raw, self.limits.max_json_depth, self.dataplane.infer_now)
+
+    def classify(self, served: ServedModel, raw: bytes) -> bytes:
+        """TF Serving's classify of a request body, run on the data plane (in the calling thread)."""
+        return tfs_rest.classify(served, raw, self.dataplane.infer_now, self.limits.max_json_depth)
+
+    def regress(self, served: ServedModel, raw: bytes) -> bytes:
+        """TF Serving's regress of a request body, run on the data plane (in the calling thread)."""
+        return tfs_rest.regress(served, raw, self.dataplane.infer_now, self.limits.max_json_depth)
 
     def respond(self, data: bytes, peer: PeerIdentity = ANONYMOUS) -> bytes:
         """Sans-IO: raw request bytes (then end of stream) in, every byte the server would write out."""
@@ -601,8 +743,9 @@ class RestServer:
                 try:
                     await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.limits.handshake_timeout_s)
                 except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-                    refusal = Unauthenticated(f"TLS handshake failed: {clip(exc)}", reason="tls")
-                    self._refuse("tls-handshake", ANONYMOUS, refusal)
+                    self._refuse(
+                        "tls-handshake", ANONYMOUS, Unauthenticated(f"TLS handshake failed: {clip(exc)}", "tls")
+                    )
                     return
                 ssl_object = writer.get_extra_info("ssl_object")
                 der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -616,8 +759,8 @@ class RestServer:
             self._per_peer[key] = self._per_peer.get(key, 0) + 1
             counted = key
             await self.app.serve(reader, writer, peer)
-        except (_Gone, ConnectionError, OSError, TimeoutError):
-            pass
+        except (_Gone, ConnectionError, OSError, TimeoutError, asyncio.CancelledError):
+            pass  # CancelledError: stop() ends an idle keep-alive connection; the task then ends quietly
         except Exception:  # nothing a client sends may end the listener; this is logged, never shown
             log.exception("REST connection ended with an unexpected error")
         finally:

@@ -57,6 +57,7 @@ HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     414: grpc.StatusCode.RESOURCE_EXHAUSTED,
     431: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.UNIMPLEMENTED,
     501: grpc.StatusCode.UNIMPLEMENTED,
     505: grpc.StatusCode.INVALID_ARGUMENT,
 }

@@ -50,7 +50,7 @@ def _label(name: str) -> str:
     return f"input '{clip(name)}'"
 
 
-def _count(name: str, shape: Sequence[int]) -> int:
+def count_elements(name: str, shape: Sequence[int]) -> int:
     """Elements of a declared shape; refuses too many dimensions, negative ones and more than MAX_ELEMENTS."""
     if len(shape) > MAX_RANK:
         raise InvalidInput(f"{_label(name)}: {len(shape)} dimensions, at most {MAX_RANK}")
@@ -128,7 +128,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         if name in arrays:
             raise InvalidInput(f"{_label(name)} given twice")
         shape = tuple(tensor.shape)
-        count = _count(name, shape)
+        count = count_elements(name, shape)
         if tensor.datatype not in NUMPY_DTYPES:
             raise InvalidInput(f"{_label(name)}: unknown datatype '{clip(tensor.datatype, 32)}'")
         dtype = _WIRE.get(tensor.datatype) or numpy_dtype(tensor.datatype)

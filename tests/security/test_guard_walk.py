@@ -10,6 +10,7 @@ A method that is neither declared nor public fails the walk: a new service canno
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -36,10 +37,12 @@ PUBLIC = {
     "grpc.health.v1.Health/Check",
     "grpc.health.v1.Health/Watch",
     "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "inference.GRPCInferenceService/ServerLive",
     "inference.GRPCInferenceService/ServerReady",
 }
 WRONG_SCOPE = "infer:other fetch:other release:other"  # valid, but for another model only
+PUBLIC_REST = {"ServerLive", "ServerReady"}  # GET /v2/health/live and /v2/health/ready, like gRPC's
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,10 @@ def _request(method: MethodDescriptor, decl: Declaration | None) -> Any:
     if decl.model == IN_STREAM:  # Push: the model is named in the stream's first (metadata) message
         meta = release_pb2.ArtifactMetadata(name=MODEL, version=2, size=4, sha256=hashlib.sha256(b"seal").hexdigest())
         return cls(metadata=meta)
-    return cls(**{decl.model: MODEL})
+    request = cls()
+    *path, leaf = decl.model.split(".")  # a dotted field: the model named in a nested message
+    setattr(functools.reduce(getattr, path, request), leaf, MODEL)
+    return request
 
 
 def _serialize(message: Any) -> bytes:
@@ -150,7 +156,7 @@ def test_every_method_is_declared_and_the_public_list_is_exact(gateway: Gateway)
     undeclared = [path for path, _, decl in methods if decl is None]
     assert undeclared == [], f"methods without a guard declaration: {undeclared}"
     assert {path for path, _, decl in methods if decl is not None and decl.public} == PUBLIC
-    assert len(methods) >= 15  # inference 9, release 4, health 2, reflection 1
+    assert len(methods) >= 15  # inference 13, release 4, health 2, reflection 2
 
 
 def test_every_grpc_method_refuses_a_call_without_a_token(env: harness.Env, gateway: Gateway) -> None:
@@ -225,7 +231,7 @@ def test_every_grpc_method_refuses_a_token_without_the_scope(env: harness.Env, g
 def _rest(env: harness.Env, gw: Gateway, route: rest.Route, token: str | None) -> requests.Response:
     """Call a route's example path for `m`, presenting the client certificate and `token`."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    body = {"json": {"instances": [[0.5] * 8]}} if route.method == b"POST" else {}
+    body = {"json": {"instances": [[0.5] * 8]}} if route.method == b"POST" and route.action else {}
     return requests.request(
         route.method.decode(),
         f"https://127.0.0.1:{gw.rest_port}{route.example.format(name=MODEL)}",
@@ -238,22 +244,33 @@ def _rest(env: harness.Env, gw: Gateway, route: rest.Route, token: str | None) -
 
 
 def test_every_rest_route_refuses_without_a_token_or_the_scope(env: harness.Env, gateway: Gateway) -> None:
-    """Every route of the table: 401 without a token, 403 with a token for another model; audited."""
-    assert rest.PUBLIC_ROUTES == () and len(rest.ROUTES) >= 2
+    """Every route of the table: 401 without a token; with a token for another model 403, or, for a route
+    any valid token may call, an answer that shows nothing of `m`; audited. Only the public list answers
+    without a token."""
+    assert {r.name for r in rest.PUBLIC_ROUTES} == PUBLIC_REST and len(rest.ROUTES) >= 2
+    names = [r.name for r in (*rest.ROUTES, *rest.PUBLIC_ROUTES)]
+    assert len(names) == len(set(names)), "each route needs its own audit name"
     before = _state(gateway)
     seen = len(env.audit_lines(gateway))
     wrong = harness.token(env, WRONG_SCOPE)
     for route in rest.ROUTES:
         assert route.pattern.fullmatch(route.example.format(name=MODEL)), route
-        assert route.action, f"route {route.name} declares no scope"
         none = _rest(env, gateway, route, None)
         assert none.status_code == 401, (route.name, none.text)
         denied = _rest(env, gateway, route, wrong)
-        assert denied.status_code == 403, (route.name, denied.text)
-        assert set(denied.json()) == {"error"}
+        if route.action is None:
+            assert denied.status_code == 200 and MODEL not in denied.text, (route.name, denied.text)
+        else:
+            assert denied.status_code == 403, (route.name, denied.text)
+            assert set(denied.json()) == {"error"}
+    for route in rest.PUBLIC_ROUTES:
+        assert _rest(env, gateway, route, None).status_code == 200, route.name
     records = env.audit_lines(gateway)[seen:]
     for route in rest.ROUTES:
         statuses = [r["status"] for r in records if r["method"] == f"rest:{route.name}"]
-        assert statuses == ["UNAUTHENTICATED", "PERMISSION_DENIED"], (route.name, statuses)
+        second = "OK" if route.action is None else "PERMISSION_DENIED"
+        assert statuses == ["UNAUTHENTICATED", second], (route.name, statuses)
+    for route in rest.PUBLIC_ROUTES:
+        assert [r["status"] for r in records if r["method"] == f"rest:{route.name}"] == ["OK"], route.name
     assert _state(gateway) == before
     _serves(env, gateway)

@@ -1,0 +1,1 @@
+"""Generated package for protos/reflection; regenerate with `python -m gateway.protos.generate`."""

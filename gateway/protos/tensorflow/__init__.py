@@ -1,0 +1,1 @@
+"""Generated package for protos/tensorflow; regenerate with `python -m gateway.protos.generate`."""
