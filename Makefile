@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip wheel setuptools
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "tensorflow-serving-api==2.21.0"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,14 +21,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check gateway fl tests bench fuzz
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# mypy: strict on gateway/ and fl/ ([tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway fl tests bench fuzz
 	$(BIN)/ruff format --check gateway fl tests bench fuzz
+	$(BIN)/mypy
 
 protos: $(STAMP)
 	$(BIN)/python -m gateway.protos.generate

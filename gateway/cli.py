@@ -67,8 +67,9 @@ def _literal_help(command: click.Command) -> None:
     for param in command.params:
         if isinstance(param, click.Argument) and not getattr(param, "help", None) and param.name in declared:
             param.help = declared[param.name]
-        if getattr(param, "help", None):
-            param.help = escape(param.help)
+        help_text = getattr(param, "help", None)
+        if help_text:
+            param.help = escape(help_text)
     for sub in getattr(command, "commands", {}).values():
         _literal_help(sub)
 
@@ -351,7 +352,7 @@ def _require_folder(folder: Path, option: str) -> None:
         raise ConfigError(f"{option}: folder {folder} does not exist")
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

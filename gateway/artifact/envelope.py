@@ -31,7 +31,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -68,7 +68,7 @@ AEAD_NAME = "AES-256-GCM"
 SIG_ALG = "ECDSA-P256-BLAKE3"
 
 
-def envelope_digest(first: bytes = b"") -> Any:
+def envelope_digest(first: bytes = b"") -> blake3.blake3:
     """The hash the signature covers: BLAKE3-256, ~3.5x the speed of SHA-256 here (SHA-NI), so that
     authenticating the ciphertext costs little beside the SHA-256 pass OMS needs over the plaintext."""
     return blake3.blake3(first)
@@ -178,7 +178,7 @@ def seal_stream(
         name, int(version), created, chunk_size, plaintext_size, signer_key_id(signer.public_key()), (), framework
     )
     wrapped = tuple(
-        Recipient(r.kem, r.key_id, _SUITES[r.kem].encrypt(dek, r.public, info=_info(draft, r.key_id)))  # type: ignore[arg-type]
+        Recipient(r.kem, r.key_id, _SUITES[r.kem].encrypt(dek, r.public, info=_info(draft, r.key_id)))
         for r in recipients
     )
     header = replace(draft, recipients=wrapped)
@@ -475,7 +475,7 @@ def _unwrap(header: Header, identities: Sequence[Identity]) -> tuple[bytes | Non
         for r in header.recipients:
             if r.key_id == ident.public.key_id and r.kem == ident.kem:
                 try:
-                    dek = _SUITES[r.kem].decrypt(r.wrapped, ident.private, info=_info(header, r.key_id))  # type: ignore[arg-type]
+                    dek = _SUITES[r.kem].decrypt(r.wrapped, ident.private, info=_info(header, r.key_id))
                 except Exception:  # any unwrap failure means the entry was altered
                     return None, TamperedArtifact(f"the data key wrapped for {r.key_id} does not open")
                 if len(dek) != 32:

@@ -230,7 +230,7 @@ def _copy_and_verify(
     """
     signed = {n: v for n, v in views.items() if n != SIGNATURE}
     if sum(v.nbytes for v in views.values()) < OVERLAP_MIN_BYTES:
-        key = signing.verify_files(signed, sig, trusted)  # type: ignore[arg-type]  # views are buffers
+        key = signing.verify_files(signed, sig, trusted)
         return {n: bytes(v) for n, v in views.items()}, key
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealgate-oms") as pool:
         verified = pool.submit(signing.verify_files, signed, sig, trusted)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Literal, Protocol
 
 import blake3
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -43,12 +43,12 @@ _PARALLEL_MIN_BYTES = 8 << 20
 class _Hasher(Protocol):
     """What a hashlib / blake3 object offers."""
 
-    def update(self, data: bytes | memoryview, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> object: ...
     def digest(self) -> bytes: ...
 
 
 # OMS `hash_type` -> (hasher factory, name `model_signing.hashing.Config` takes for it).
-_HASHES: dict[str, tuple[Callable[[], _Hasher], str]] = {
+_HASHES: dict[str, tuple[Callable[[], _Hasher], Literal["sha256", "blake2", "blake3"]]] = {
     "sha256": (hashlib.sha256, "sha256"),
     "blake2b": (hashlib.blake2b, "blake2"),
     "blake3": (blake3.blake3, "blake3"),
@@ -122,7 +122,9 @@ class _KeySigner(sign_ec_key.Signer):
 def _sign_manifest(manifest: ms_manifest.Manifest, private_key: ec.EllipticCurvePrivateKey) -> bytes:
     """Sigstore bundle JSON of an OMS statement over `manifest`, made by model_signing's own signer."""
     signature = _KeySigner(private_key).sign(ms_signing.Payload(manifest))
-    return signature.bundle.to_json().encode("utf-8")
+    if not isinstance(signature, sign_sigstore_pb.Signature):  # the key signer makes a Sigstore bundle
+        raise SignatureError(f"model_signing made a {type(signature).__name__}, not a Sigstore bundle")
+    return str(signature.bundle.to_json()).encode("utf-8")
 
 
 def _ignored_inside(model_dir: Path, paths: Sequence[Path]) -> list[Path]:
@@ -140,7 +142,8 @@ def _ignored_inside(model_dir: Path, paths: Sequence[Path]) -> list[Path]:
 def _directory_hashing(model_dir: Path, signature_path: Path) -> ms_hashing.Config:
     """The CLI's default hashing config: files, SHA-256, git paths and the signature ignored, no symlinks."""
     ignored = _ignored_inside(model_dir, [model_dir / SIGNATURE_NAME, signature_path])
-    return ms_hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=True).set_allow_symlinks(False)
+    config = ms_hashing.Config()  # type: ignore[no-untyped-call]  # model_signing leaves __init__ unannotated
+    return config.set_ignored_paths(paths=ignored, ignore_git_paths=True).set_allow_symlinks(False)
 
 
 def _require_dir(model_dir: Path) -> Path:
@@ -285,6 +288,8 @@ def _open_signature(
     """Verify the bundle's signer, then decode what it signed."""
     bundle = _parse_bundle(signature)
     key = _check_dsse(bundle, trusted)
+    if bundle.dsse_envelope is None:  # _check_dsse refused this already
+        raise SignatureError("OMS signature holds no DSSE envelope signature")
     return key, _signed_manifest(bundle.dsse_envelope.payload)
 
 
@@ -381,7 +386,7 @@ def _shards(size: int, shard_size: int) -> Iterator[tuple[int, int]]:
 
 
 def verify_files(
-    files: Mapping[str, bytes], signature: bytes, trusted: Sequence[ec.EllipticCurvePublicKey]
+    files: Mapping[str, bytes | memoryview], signature: bytes, trusted: Sequence[ec.EllipticCurvePublicKey]
 ) -> ec.EllipticCurvePublicKey:
     """Verify an in-memory model against an OMS signature without touching disk; return the signer's key.
 
@@ -396,7 +401,7 @@ def verify_files(
         algorithm = f"{signed.hash_type}-sharded-{signed.shard_size}"
         spans = {n: list(_shards(v.nbytes, signed.shard_size)) for n, v in views.items()}
         tasks = [(f"{n}:{a}:{b}", views[n][a:b], signed.hash_type) for n, ab in spans.items() for a, b in ab]
-        file_of = _shard_file
+        file_of: Callable[[str], str] = _shard_file
     else:
         algorithm = signed.hash_type
         tasks = [(n, v, signed.hash_type) for n, v in views.items()]

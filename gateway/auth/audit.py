@@ -162,7 +162,7 @@ def _text(value: object) -> str | None:
 def _status(status: object) -> str:
     """The gRPC status code name; anything unrecognised becomes UNKNOWN."""
     if isinstance(status, grpc.StatusCode):
-        return status.name
+        return str(status.name)
     if isinstance(status, str) and status.upper() in _STATUS_NAMES:
         return status.upper()
     return "UNKNOWN"

@@ -34,7 +34,7 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 def _public(key: PrivateKeyTypes | PublicKeyTypes) -> PublicKeyTypes:
     """The public half of a key (a public key is returned unchanged)."""
-    return key.public_key() if hasattr(key, "private_bytes") else key  # type: ignore[union-attr,return-value]
+    return key.public_key() if hasattr(key, "private_bytes") else key  # type: ignore[union-attr]
 
 
 def algorithm_for_key(key: PrivateKeyTypes | PublicKeyTypes) -> str:
@@ -59,8 +59,10 @@ def public_jwk(key: PrivateKeyTypes | PublicKeyTypes) -> dict[str, str]:
         jwk: dict[str, Any] = ECAlgorithm.to_jwk(pub, as_dict=True)
     elif isinstance(pub, ed25519.Ed25519PublicKey):
         jwk = OKPAlgorithm.to_jwk(pub, as_dict=True)
-    else:
+    elif isinstance(pub, rsa.RSAPublicKey):
         jwk = RSAAlgorithm.to_jwk(pub, as_dict=True)
+    else:
+        raise ConfigError(f"unsupported token-signing key type: {type(pub).__name__}")
     members = _THUMBPRINT_MEMBERS[jwk["kty"]]
     out = {m: str(jwk[m]) for m in members}
     out.update(kid=jwk_thumbprint(out), alg=alg, use="sig")

@@ -12,6 +12,7 @@ from pathlib import Path
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.auth.defaults import AUDIENCE, ISSUER, TOKEN_TTL_S
 from gateway.auth.jwk import algorithm_for_key, b64url, jwk_thumbprint, public_jwk
@@ -19,6 +20,7 @@ from gateway.auth.scopes import check_scopes
 from gateway.errors import ConfigError, clip
 
 _MAX_TTL_S = 30 * 24 * 3600
+IssuerKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
 
 def cert_thumbprint(pem_or_der: bytes) -> str:
@@ -74,17 +76,20 @@ def mint_token(
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "JWT"})
 
 
-def _load_issuer_key(path: Path) -> object:
-    """Load the unencrypted PEM issuer private key; ConfigError when unreadable."""
+def _load_issuer_key(path: Path) -> IssuerKey:
+    """Load the unencrypted PEM issuer private key (EC, Ed25519 or RSA); ConfigError when unreadable."""
     try:
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot load token issuer key {path}: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        raise ConfigError(f"unsupported token-signing key type: {type(key).__name__}")
+    return key
 
 
-def _resolve_kid(key: object, jwks_path_or_kid: Path | str | None) -> str:
+def _resolve_kid(key: IssuerKey, jwks_path_or_kid: Path | str | None) -> str:
     """The kid for `key`: looked up in a JWKS file, given literally, or its thumbprint."""
-    own = public_jwk(key)  # type: ignore[arg-type]
+    own = public_jwk(key)
     if jwks_path_or_kid is None:
         return own["kid"]
     if isinstance(jwks_path_or_kid, str) and not Path(jwks_path_or_kid).is_file():

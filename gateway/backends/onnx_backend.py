@@ -78,7 +78,7 @@ def _declared_ranks(model: ModelProto) -> dict[str, bool]:
     """Whether each graph input/output declares a shape (ONNX Runtime shows unknown rank as [])."""
 
     def has_shape(info: ValueInfoProto) -> bool:
-        return info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")
+        return bool(info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"))
 
     return {info.name: has_shape(info) for info in (*model.graph.input, *model.graph.output)}
 

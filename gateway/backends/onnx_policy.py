@@ -229,7 +229,8 @@ def checked_model_bytes(model: ModelProto) -> bytes:
     check_onnx_model(model)
     if model.ByteSize() > MAX_PROTO_BYTES:
         raise UnsupportedFormat("the ONNX model is larger than 2 GiB with its weights inlined; it cannot be served")
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def empty_folder() -> str:

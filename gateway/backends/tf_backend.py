@@ -7,6 +7,7 @@ at load time), so the plaintext lives only in the loaded model's memory.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import uuid
@@ -32,9 +33,7 @@ log = logging.getLogger(__name__)
 def _tensorflow() -> ModuleType:
     """Import TensorFlow on demand, quietly (its C++ start-up log is noise in a server's output)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
+    return importlib.import_module("tensorflow")
 
 
 def _apply_threads(tf: ModuleType, config: BackendConfig) -> None:

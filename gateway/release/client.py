@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -22,6 +23,7 @@ from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
 
 CHUNK = 256 << 10  # well under any sane message limit (the gateway refuses messages over its limit)
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class RemoteError(SealgateError):
@@ -55,7 +57,7 @@ class ReleaseClient:
             creds,
             options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)],
         )
-        self.stub = pb_grpc.ReleaseStub(self.channel)
+        self.stub = pb_grpc.ReleaseStub(self.channel)  # type: ignore[no-untyped-call]  # generated, unannotated
         self.metadata = (("authorization", f"Bearer {target.token}"),)
 
     def close(self) -> None:
@@ -67,7 +69,7 @@ class ReleaseClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, fn: Callable[[], object]) -> object:
+    def _call(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except grpc.RpcError as err:
@@ -101,13 +103,14 @@ class ReleaseClient:
                         progress(sent, size)
 
         try:
-            return self.stub.Push(requests(), metadata=self.metadata, timeout=self.timeout)
+            pushed: pb.PushResponse = self.stub.Push(requests(), metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 landed = self._already_stored(name, version, meta.sha256)
                 if landed is not None:
                     return landed
             raise RemoteError(err.code(), err.details() or "") from None
+        return pushed
 
     def _already_stored(self, name: str, version: int, sha256: str) -> pb.PushResponse | None:
         """A retried push whose first attempt landed: the gateway holds these exact bytes already."""
@@ -149,12 +152,16 @@ class ReleaseClient:
 
     def list(self, name: str = "") -> pb.ListResponse:
         """Models, versions, states and provenance summaries the caller may see."""
-        return self._call(lambda: self.stub.List(pb.ListRequest(name=name), metadata=self.metadata, timeout=30))  # type: ignore[return-value]
+        listed: pb.ListResponse = self._call(
+            lambda: self.stub.List(pb.ListRequest(name=name), metadata=self.metadata, timeout=30)
+        )
+        return listed
 
     def rollback(self, name: str, version: int, reason: str) -> pb.RollbackResponse:
         """Serve an earlier version again, explicitly."""
         req = pb.RollbackRequest(name=name, version=version, reason=reason)
-        return self._call(lambda: self.stub.Rollback(req, metadata=self.metadata, timeout=60))  # type: ignore[return-value]
+        done: pb.RollbackResponse = self._call(lambda: self.stub.Rollback(req, metadata=self.metadata, timeout=60))
+        return done
 
 
 def push_summary(resp: pb.PushResponse) -> str:

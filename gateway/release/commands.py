@@ -36,7 +36,8 @@ def read_bytes(path: Path, what: str) -> bytes:
 def _npz_key(arrays: Any, names: tuple[str, ...], path: Path) -> np.ndarray:
     for name in names:
         if name in arrays.files:
-            return arrays[name]
+            array: np.ndarray = arrays[name]
+            return array
     raise ConfigError(f"{path} has no array named {' or '.join(names)} (it has {', '.join(arrays.files) or 'none'})")
 
 

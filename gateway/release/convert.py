@@ -213,6 +213,8 @@ def torch_to_onnx(
         )
     except Exception as exc:  # torch.export raises many error types for untraceable modules
         raise InvalidInput(f"torch could not export {model_cls.__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if program is None:  # only without the dynamo exporter, which this call always uses
+        raise InvalidInput(f"torch exported no ONNX program for {model_cls.__name__}")
     data = onnx_graph.serialize(onnx_graph.strip_metadata(program.model_proto))
     ref_module = (reference if reference is not None else module).eval()
 

@@ -139,9 +139,9 @@ def _activation(act: Activation) -> nn.Module:
     if act.op == "Sigmoid":
         return nn.Sigmoid()
     if act.op == "LeakyRelu":
-        return nn.LeakyReLU(float(act.attrs.get("alpha", 0.01)))  # type: ignore[arg-type]
+        return nn.LeakyReLU(float(act.attrs.get("alpha", 0.01)))
     if act.op == "Softmax":
-        return _Softmax(int(act.attrs.get("axis", -1)))  # type: ignore[call-overload]
+        return _Softmax(int(act.attrs.get("axis", -1)))
     return nn.Identity()
 
 

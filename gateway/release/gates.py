@@ -19,7 +19,7 @@ import onnxruntime as ort
 from gateway.errors import InvalidInput
 from gateway.release import onnx_graph, parity, runtime
 from gateway.release.privacy_audit import AuditData, AuditOptions, audit
-from gateway.release.report import GateReport, GateResult
+from gateway.release.report import GateReport, GateResult, Status
 
 LOW_FPR_SHOWN = 0.01  # the TPR-at-FPR figure the audit gate's margin quotes
 
@@ -58,7 +58,8 @@ def same_architecture(a: bytes, b: bytes, sess_a: ort.InferenceSession, sess_b: 
 def predicted_labels(outputs: np.ndarray) -> np.ndarray:
     """Class per row: argmax over class scores [N, C]; for one score per row ([N] or [N, 1]) a logit above 0."""
     if outputs.ndim == 2 and outputs.shape[1] >= 2:
-        return outputs.argmax(axis=1)
+        labels: np.ndarray = outputs.argmax(axis=1)
+        return labels
     return (outputs.reshape(len(outputs)) > 0).astype(np.int64)
 
 
@@ -104,7 +105,7 @@ def _parity_gate(cand_out: np.ndarray, reference: np.ndarray | None, against: st
     if reference is None:
         return GateResult("parity", "skipped", None, tol, against)
     result = parity.compare({"output": reference}, {"output": cand_out}, tol)
-    status = "passed" if result.passed else "failed"
+    status: Status = "passed" if result.passed else "failed"
     margin = f"max |Δ| {result.max_abs:.3g} vs {against} (relative {result.max_rel:.3g}), limit {tol:g}"
     if not result.passed and against.startswith("baseline"):
         margin += "; a retrained candidate is expected to differ: pass its source, or switch parity off"
@@ -115,7 +116,7 @@ def _accuracy_gate(acc: float, base_acc: float | None, config: GateConfig) -> Ga
     if base_acc is not None:
         drop = base_acc - acc
         change = "unchanged" if drop == 0 else f"{'dropped' if drop > 0 else 'rose'} {abs(drop):.2f} points"
-        status = "passed" if drop <= config.max_accuracy_drop else "failed"
+        status: Status = "passed" if drop <= config.max_accuracy_drop else "failed"
         margin = f"accuracy {change} ({base_acc:.2f}% → {acc:.2f}%), limit {config.max_accuracy_drop:g}"
         return GateResult(
             "accuracy",
@@ -147,7 +148,7 @@ def _latency_gate(candidate: bytes, baseline: bytes | None, row: np.ndarray, con
             {"candidate_p50_us": p50["candidate"]},
         )
     ratio = p50["candidate"] / p50["baseline"]
-    status = "passed" if ratio <= config.max_latency_ratio else "failed"
+    status: Status = "passed" if ratio <= config.max_latency_ratio else "failed"
     margin = (
         f"p50 {p50['candidate']:.1f} µs vs {p50['baseline']:.1f} µs = {ratio:.2f}x, limit {config.max_latency_ratio:g}x"
     )
@@ -165,7 +166,7 @@ def _finite_gate(sess: ort.InferenceSession, x: np.ndarray, config: GateConfig) 
     fuzz = np.concatenate([fuzz_inputs(x, config.fuzz_rows, config.fuzz_extreme, config.fuzz_seed), x])
     out = runtime.predict(sess, fuzz)
     bad_rows = int(np.sum(~np.isfinite(out.reshape(len(out), -1)).all(axis=1)))
-    status = "passed" if bad_rows == 0 else "failed"
+    status: Status = "passed" if bad_rows == 0 else "failed"
     margin = f"{bad_rows} of {len(fuzz)} fuzzed and held-out inputs gave NaN/inf, limit 0"
     return GateResult("no_nan", status, float(bad_rows), 0.0, margin, {"inputs": len(fuzz)})
 
@@ -182,7 +183,7 @@ def _privacy_gate(provenance: dict[str, Any] | None, config: GateConfig) -> Gate
         )
     epsilon = privacy.get("epsilon") if isinstance(privacy, dict) else None
     if epsilon is None:
-        status = "failed" if config.require_privacy else "skipped"
+        status: Status = "failed" if config.require_privacy else "skipped"
         return GateResult("privacy", status, None, config.max_epsilon, "no privacy budget (ε) recorded in provenance")
     try:
         eps = float(epsilon)
@@ -232,7 +233,7 @@ def _privacy_audit_gate(
     """Membership inference on members vs non-members: fails when the empirical ε lower bound exceeds the claimed
     ε, when the strongest attack's AUC exceeds `max_audit_auc`, or when no DP is claimed and that is not allowed."""
     if data is None:
-        status = "failed" if config.require_audit else "skipped"
+        status: Status = "failed" if config.require_audit else "skipped"
         return GateResult("privacy_audit", status, None, None, "no audit data (members and non-members) given")
     try:
         eps, delta, claim = claimed_privacy(provenance)
@@ -266,7 +267,7 @@ def _privacy_audit_gate(
 def _size_gate(size: int, config: GateConfig) -> GateResult:
     if config.max_size_bytes is None:
         return GateResult("size", "skipped", float(size), None, f"{size} bytes, no limit configured")
-    status = "passed" if size <= config.max_size_bytes else "failed"
+    status: Status = "passed" if size <= config.max_size_bytes else "failed"
     over = size - config.max_size_bytes
     words = f"{over} bytes over" if over > 0 else f"{-over} bytes under"
     return GateResult(

@@ -6,6 +6,8 @@ should carry none of that, so conversions strip node metadata.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -29,7 +31,8 @@ def parse(data: bytes) -> onnx.ModelProto:
 
 def serialize(model: onnx.ModelProto) -> bytes:
     """ModelProto → bytes."""
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -52,7 +55,7 @@ def initializer_signature(model: onnx.ModelProto) -> list[tuple[tuple[int, ...],
     return sorted((tuple(t.dims), t.data_type) for t in model.graph.initializer)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 

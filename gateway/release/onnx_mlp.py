@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ class Activation:
     """An elementwise (or last-axis Softmax) activation after a dense layer."""
 
     op: str
-    attrs: dict[str, object] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 IDENTITY = Activation("Identity")
@@ -66,7 +67,7 @@ class Mlp:
         return self.with_layers([named[f"W{i}"] for i in range(count)], [named[f"b{i}"] for i in range(count)])
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -200,4 +201,5 @@ def write_mlp(mlp: Mlp, producer: str = "sealgate-release") -> bytes:
     model = helper.make_model(graph, opset_imports=opsets, producer_name=producer)
     model.ir_version = helper.find_min_ir_version_for(opsets)
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data

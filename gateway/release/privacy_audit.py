@@ -48,7 +48,7 @@ class AuditData:
         pairs = [("members", self.x_members, self.y_members), ("nonmembers", self.x_nonmembers, self.y_nonmembers)]
         if (self.x_public is None) != (self.y_public is None):
             raise ConfigError("audit data: x_public and y_public go together")
-        if self.x_public is not None:
+        if self.x_public is not None and self.y_public is not None:
             pairs.append(("public", self.x_public, self.y_public))
         width = None
         for name, x, y in pairs:
@@ -166,9 +166,11 @@ def log_probabilities(outputs: np.ndarray) -> np.ndarray:
     elif out.ndim != 2:
         raise InvalidInput(f"the audit needs class scores [N, C], the model gives shape {out.shape}")
     if np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
-        return np.log(np.clip(out, 1e-300, None))
+        logp: np.ndarray = np.log(np.clip(out, 1e-300, None))
+        return logp
     shifted = out - out.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return logp
 
 
 def _check_labels(logp: np.ndarray, y: np.ndarray) -> None:
@@ -179,7 +181,8 @@ def _check_labels(logp: np.ndarray, y: np.ndarray) -> None:
 def loss_scores(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Loss-threshold attack score: minus the cross-entropy loss, log p(y | x). Members tend to have lower loss."""
     _check_labels(logp, y)
-    return logp[np.arange(len(y)), y]
+    scores: np.ndarray = logp[np.arange(len(y)), y]
+    return scores
 
 
 def logit_confidence(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -191,7 +194,8 @@ def logit_confidence(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     others[rows, y] = -np.inf
     top = others.max(axis=1, keepdims=True)
     rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
-    return true - rest
+    phi: np.ndarray = true - rest
+    return phi
 
 
 # --- metrics ------------------------------------------------------------------------------------------------------
@@ -315,7 +319,8 @@ def lira_offline_scores(target_conf: np.ndarray, shadow_conf: np.ndarray) -> np.
     """
     mu = shadow_conf.mean(axis=0)
     sigma = float(np.std(shadow_conf - mu)) if shadow_conf.shape[0] > 1 else float(np.std(shadow_conf))
-    return (target_conf - mu) / max(sigma, 1e-6)
+    scores: np.ndarray = (target_conf - mu) / max(sigma, 1e-6)
+    return scores
 
 
 def _shadow_hidden(candidate_onnx: bytes, options: AuditOptions) -> tuple[int, ...]:
@@ -348,25 +353,30 @@ def audit(
     sess = sess or runtime.session(candidate_onnx)
     logp_in = log_probabilities(runtime.predict(sess, data.x_members))
     logp_out = log_probabilities(runtime.predict(sess, data.x_nonmembers))
-    lira = data.x_public is not None and data.y_public is not None and options.shadow_models > 1
-    each = replace(options, alpha=options.alpha / (2 if lira else 1))
+    public = (
+        (data.x_public, data.y_public)
+        if data.x_public is not None and data.y_public is not None and options.shadow_models > 1
+        else None
+    )
+    each = replace(options, alpha=options.alpha / (2 if public is not None else 1))
     attacks = [
         attack_result(
             "loss", loss_scores(logp_in, data.y_members), loss_scores(logp_out, data.y_nonmembers), delta, each
         )
     ]
     notes = []
-    if lira:
+    if public is not None:
+        x_public, y_public = public
         num_classes = logp_in.shape[1]
-        if int(data.y_public.max()) >= num_classes:
+        if int(y_public.max()) >= num_classes:
             raise ConfigError(
-                f"audit data: public labels go up to {int(data.y_public.max())}, the model has {num_classes} classes"
+                f"audit data: public labels go up to {int(y_public.max())}, the model has {num_classes} classes"
             )
         x_audit = np.concatenate([data.x_members, data.x_nonmembers])
         y_audit = np.concatenate([data.y_members, data.y_nonmembers])
         shadows = shadow_confidences(
-            data.x_public,
-            data.y_public,
+            x_public,
+            y_public,
             x_audit,
             y_audit,
             num_classes,
@@ -379,8 +389,8 @@ def audit(
         scores = lira_offline_scores(target, shadows)
         n = len(data.x_members)
         attacks.append(attack_result("lira_offline", scores[:n], scores[n:], delta, each))
-        rows = min(len(data.x_public), options.shadow_rows or max(2, len(data.x_public) // 2))
-        notes.append(f"LiRA: {options.shadow_models} shadow models, each on {rows} of {len(data.x_public)} public rows")
+        rows = min(len(x_public), options.shadow_rows or max(2, len(x_public) // 2))
+        notes.append(f"LiRA: {options.shadow_models} shadow models, each on {rows} of {len(x_public)} public rows")
     else:
         notes.append("LiRA skipped: no public data (x_public, y_public) or fewer than 2 shadow models")
     if len(attacks) > 1:

@@ -120,7 +120,8 @@ def unit_scores(w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray) -> np.nda
     """
     incoming = np.sqrt(np.sum(np.square(w_in.astype(np.float64)), axis=1) + np.square(b_in.astype(np.float64)))
     outgoing = np.sqrt(np.sum(np.square(w_out.astype(np.float64)), axis=0))
-    return incoming * outgoing
+    score: np.ndarray = incoming * outgoing
+    return score
 
 
 def prune_units(weights: list[np.ndarray], biases: list[np.ndarray], fraction: float) -> StructuredResult:

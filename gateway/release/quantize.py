@@ -22,7 +22,7 @@ from gateway.errors import InvalidInput
 from gateway.release import onnx_graph
 
 
-class ArrayCalibrationReader(CalibrationDataReader):
+class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no hints
     """Feeds calibration rows to the static quantizer in batches, for a single-input model."""
 
     def __init__(self, input_name: str, data: np.ndarray, batch: int = 64) -> None:
@@ -56,7 +56,8 @@ def _input_name(proto: onnx.ModelProto) -> str:
     inputs = [i.name for i in proto.graph.input if i.name not in init_names]
     if len(inputs) != 1:
         raise InvalidInput(f"static quantization here supports one-input models, this one has {len(inputs)}")
-    return inputs[0]
+    name: str = inputs[0]
+    return name
 
 
 def _run_in_tempdir(proto: onnx.ModelProto, run: object) -> bytes:

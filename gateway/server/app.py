@@ -248,6 +248,11 @@ def serve(config: Config) -> int:
     log.debug("working directory: %s (empty, private)", cwd)
 
     async def main() -> None:
+        # handlers first: a SIGTERM that arrives during start-up or right after the banner still drains
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
         print(
@@ -257,10 +262,6 @@ def serve(config: Config) -> int:
             file=sys.stderr,
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("signal received: draining")
         await gateway.stop()

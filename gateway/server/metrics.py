@@ -94,12 +94,12 @@ class CallStats:
             "sealgate_request_latency_seconds", "Request latency by protocol, method and model.", labels=LATENCY_LABELS
         )
         bounds = [repr(float(b)) for b in self._bounds] + ["+Inf"]
-        for labels, counts in latency:
+        for key, counts in latency:
             cumulative, running = [], 0.0
             for bound, n in zip(bounds, counts[:-1], strict=True):
                 running += n
                 cumulative.append((bound, running))
-            histogram.add_metric(labels, cumulative, sum_value=counts[-1])
+            histogram.add_metric(key, cumulative, sum_value=counts[-1])
         yield histogram
 
 

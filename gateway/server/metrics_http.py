@@ -18,8 +18,7 @@ from gateway.auth.peer import ANONYMOUS
 from gateway.errors import ConfigError, NotFound, SealgateError, clip
 from gateway.server import strict_json
 from gateway.server.guard import Call, Guard
-from gateway.server.rest import HttpRefusal
-from gateway.server.status_map import http_status
+from gateway.server.status_map import HttpRefusal, http_status
 
 log = logging.getLogger("sealgate.metrics")
 MAX_CONNECTIONS = 16

@@ -25,7 +25,7 @@ SERVER = ""  # the only health service name answered: the gateway as a whole
 UNKNOWN_SERVICE = "unknown service"
 
 
-class PublicHealth(health_aio.HealthServicer):
+class PublicHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpcio-health-checking is untyped
     """grpc.health.v1.Health for the whole server only, behind the peer check."""
 
     def __init__(self, guard: Guard, peers: PeerCache) -> None:

@@ -270,11 +270,11 @@ class ModelManager:
         for version in sorted(files, reverse=True):
             path = files[version]
             stamp = stamp_of(path)
-            entry = entries.get(version)
-            if stamp is None or (entry is not None and entry.path is not None and entry.stamp == stamp):
+            known = entries.get(version)
+            if stamp is None or (known is not None and known.path is not None and known.stamp == stamp):
                 continue
-            if entry is not None and entry.state is ModelState.SERVING:
-                self._recheck_serving(entry, path)
+            if known is not None and known.state is ModelState.SERVING:
+                self._recheck_serving(known, path)
                 continue
             opened = self._evaluate(name, version, path, stamp, late=self._polled and version < floor)
             changed = True
