@@ -1,6 +1,7 @@
 """One client's local round: DP-SGD with Opacus (Poisson sampling, per-sample clipping, Gaussian noise).
 
-The accountant's history comes in and goes out, so the ε after each round covers the whole run. Noise and
+The accountant's history comes in and goes out, so the ε after each round covers the whole run; ε is the tighter
+of Opacus' RDP accountant (which also cross-checks fl.accounting) and the PRV analysis. Noise and
 sampling draw from fresh OS entropy (or torchcsprng in secure mode), never from torch's fixed default seed.
 """
 
@@ -37,16 +38,23 @@ class Plan:
 
 @dataclass
 class LocalResult:
-    """What a local round produced: new weights, the extended accountant history and the ε it implies."""
+    """What a local round produced: new weights, the extended accountant history and the ε it implies
+    (`epsilon` is the tighter of `epsilon_rdp`, Opacus' RDPAccountant's own figure, and `epsilon_prv`)."""
 
     state_dict: StateDict
     history: list[accounting.HistoryEntry]
     epsilon: float
     train_loss: float
+    epsilon_rdp: float = math.inf
+    epsilon_prv: float = math.inf
 
 
 def make_plan(num_examples: int, settings: FlSettings) -> Plan:
-    """Sample rate and steps as Opacus will use them, and the noise for the run's target ε over all its steps."""
+    """Sample rate and steps as Opacus will use them, and the noise for the run's target ε over all its steps
+    (calibrated on the tighter accountant); refuses δ >= 1/n for this client's n rows."""
+    if num_examples < 1:
+        raise ConfigError("a client without training rows cannot train")
+    settings.check_delta(num_examples)
     batches = math.ceil(num_examples / settings.batch_size)
     sample_rate = 1.0 / batches
     steps = settings.local_epochs * batches
@@ -62,8 +70,8 @@ def make_plan(num_examples: int, settings: FlSettings) -> Plan:
 
 
 def predicted_epsilon(history: list[accounting.HistoryEntry], plan: Plan, delta: float) -> float:
-    """ε after one more round of `plan` on top of `history`."""
-    return accounting.epsilon_from_history(
+    """ε (the tighter accountant) after one more round of `plan` on top of `history`."""
+    return accounting.tight_epsilon_from_history(
         accounting.compose(history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)), delta
     )
 
@@ -153,12 +161,17 @@ def train_local(
     if isinstance(module, GradSampleModule):
         module.remove_hooks()  # leave the caller's plain module as it was: no per-sample hooks behind
     new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history] if engine else []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps = engine.accountant.get_epsilon(delta=settings.delta) if engine else math.inf
+    eps_rdp = eps_prv = math.inf
+    if engine is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the")
+            eps_rdp = float(engine.accountant.get_epsilon(delta=settings.delta))
+        eps_prv = accounting.prv_epsilon_from_history(new_history, settings.delta)
     return LocalResult(
         state_dict=clean_state_dict({k: v.detach().clone() for k, v in module.state_dict().items()}),
         history=new_history,
-        epsilon=float(eps),
+        epsilon=min(eps_rdp, eps_prv),
         train_loss=total / max(count, 1),
+        epsilon_rdp=eps_rdp,
+        epsilon_prv=eps_prv,
     )

@@ -2,7 +2,7 @@
 
 One frozen dataclass is read by the ServerApp and the ClientApp alike, whether it arrives bound in-process
 (simulation) or as a Flower run config (`flwr run`, Deployment Engine); run-config values cannot be None,
-so "off" is spelled 0, a negative number or "" there.
+so "off" is spelled 0 or "" there; training without DP is spelled no-dp = true, never by a missing ε.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fl.tasks import get_task
 from gateway.errors import ConfigError
 
 
@@ -21,7 +22,8 @@ class FlSettings:
 
     task: str = "digits"
     num_server_rounds: int = 5
-    # privacy (sample level, local DP-SGD with Opacus); epsilon <= 0 and noise_multiplier <= 0 means no DP
+    # privacy (sample level, local DP-SGD with Opacus): a finite ε > 0 (or a fixed noise multiplier) is required;
+    # training without DP needs no_dp = true, which ignores ε and is recorded in the summary
     epsilon: float = 3.0
     delta: float = 1e-5
     noise_multiplier: float = 0.0
@@ -51,6 +53,7 @@ class FlSettings:
     # input and output
     start_weights: str = ""
     out_dir: str = ""
+    no_dp: bool = False
 
     def __post_init__(self) -> None:
         """Reject values that would make the run meaningless or its accounting wrong."""
@@ -71,14 +74,34 @@ class FlSettings:
         for message, ok in checks.items():
             if not ok:
                 raise ConfigError(message)
-        finite = (self.epsilon, self.noise_multiplier, self.budget_epsilon, self.central_noise_multiplier, self.alpha)
-        if not all(math.isfinite(v) for v in finite):
-            raise ConfigError("epsilon, noise-multiplier, budget-epsilon, central-noise-multiplier and alpha: finite")
+        for name in ("epsilon", "noise_multiplier", "budget_epsilon", "central_noise_multiplier", "alpha", "delta"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                kind = "finite positive" if name == "epsilon" else "finite"
+                raise ConfigError(f"{name.replace('_', '-')} must be a {kind} number, got {value}")
+            if value < 0 and name != "epsilon":
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {value:g}")
+        if self.no_dp:
+            if self.noise_multiplier > 0 or self.budget_epsilon > 0:
+                raise ConfigError("no-dp contradicts noise-multiplier / budget-epsilon: choose one")
+        elif not self.epsilon > 0:
+            raise ConfigError(
+                f"epsilon must be a finite positive number, got {self.epsilon:g} (training without DP needs --no-dp)"
+            )
+        get_task(self.task)
+
+    def check_delta(self, smallest_client: int) -> None:
+        """δ must be below 1/n for the smallest client's n, or the (ε, δ) guarantee allows leaking a whole row."""
+        if self.dp and smallest_client > 0 and not self.delta < 1.0 / smallest_client:
+            raise ConfigError(
+                f"delta {self.delta:g} must be below 1/n = {1.0 / smallest_client:.3g} "
+                f"(the smallest client holds n = {smallest_client} rows)"
+            )
 
     @property
     def dp(self) -> bool:
-        """Whether clients train with DP-SGD."""
-        return self.epsilon > 0 or self.noise_multiplier > 0
+        """Whether clients train with DP-SGD (always, unless no_dp was asked for explicitly)."""
+        return not self.no_dp
 
     @property
     def budget(self) -> float | None:
@@ -87,7 +110,7 @@ class FlSettings:
             return None
         if self.budget_epsilon > 0:
             return self.budget_epsilon
-        return self.epsilon if self.epsilon > 0 else None
+        return self.epsilon
 
     @property
     def dirichlet_alpha(self) -> float | None:

@@ -10,16 +10,24 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from fl import accounting
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fl.settings import FlSettings
+
+NO_DP_WARNING = "trained WITHOUT differential privacy (--no-dp): no ε guarantee; release gates refuse it by default"
+CENTRAL_ONLY_WARNING = "no sample-level DP-SGD (--no-dp): only the server's client-level noise protects the data"
 
 
 @dataclass
 class RoundRow:
-    """One round: held-out accuracy/loss after it, cumulative ε (max over clients), who took part."""
+    """One round: held-out accuracy/loss after it, cumulative ε (max over clients; the tighter of the RDP and PRV
+    bounds, each also given when the server reports them), who took part."""
 
     round: int
     accuracy: float
@@ -30,6 +38,8 @@ class RoundRow:
     failed: int
     sampled: int
     central_epsilon: float | None = None
+    epsilon_rdp: float | None = None
+    epsilon_prv: float | None = None
 
 
 @dataclass
@@ -77,32 +87,83 @@ class RunSummary:
     def table(self) -> Table:
         """The per-round table shown at the end of a run."""
         table = Table(title=f"federated run: {self.task}, {self.rounds_completed}/{self.rounds_requested} rounds")
-        for name in ("round", "accuracy", "loss", "ε (max client)", "clients", "dropped", "failed"):
+        both = any(r.epsilon_rdp is not None or r.epsilon_prv is not None for r in self.rows)
+        names = ["round", "accuracy", "loss", "ε (max client)"]
+        names += ["ε RDP", "ε PRV"] if both else []
+        for name in (*names, "clients", "dropped", "failed"):
             table.add_column(name, justify="right")
         has_central = any(r.central_epsilon is not None for r in self.rows)
         if has_central:
             table.add_column("ε client-level", justify="right")
-        table.add_row("0", f"{self.initial_accuracy:.4f}", f"{self.initial_loss:.4f}", "0", "-", "-", "-")
+        start = ["0", f"{self.initial_accuracy:.4f}", f"{self.initial_loss:.4f}", "0", *(["0", "0"] if both else [])]
+        table.add_row(*start, "-", "-", "-", *(["-"] if has_central else []))
         for r in self.rows:
-            cells = [
-                str(r.round),
-                f"{r.accuracy:.4f}",
-                f"{r.loss:.4f}",
-                "no DP" if r.epsilon is None else f"{r.epsilon:.4f}",
-                f"{r.clients}/{r.sampled}",
-                str(r.dropped),
-                str(r.failed),
-            ]
+            cells = [str(r.round), f"{r.accuracy:.4f}", f"{r.loss:.4f}", _eps(r.epsilon, "no DP")]
+            if both:
+                cells += [_eps(r.epsilon_rdp, "-"), _eps(r.epsilon_prv, "-")]
+            cells += [f"{r.clients}/{r.sampled}", str(r.dropped), str(r.failed)]
             if has_central:
-                cells.append("-" if r.central_epsilon is None else f"{r.central_epsilon:.4f}")
+                cells.append(_eps(r.central_epsilon, "-"))
             table.add_row(*cells)
         caption = [f"stopped early: {self.stop_reason}" if self.stopped_early else "completed all rounds"]
+        caption += [f"WARNING: {w}" for w in self.privacy.get("warnings", [])]
         if self.nodes_lost:
             caption.append(f"nodes lost during the run: {len(self.nodes_lost)}")
         if self.capped_weights:
             caption.append(f"client weights capped: {len(self.capped_weights)}")
         table.caption = "; ".join(caption)
         return table
+
+
+def complete_privacy_record(summary: RunSummary, cfg: FlSettings) -> bool:
+    """Add what provenance needs beside the server's record: `dp` (false only for --no-dp runs without central
+    noise: the field the release privacy gate refuses), `no_dp`, `warnings`, and ε under both accountants (per
+    client and the max), recomputed from each client's fixed (σ, q) and step count. True when anything changed."""
+    privacy = summary.privacy
+    before = json.dumps(_finite(privacy), sort_keys=True)
+    privacy["dp"] = bool(cfg.dp or cfg.central_noise_multiplier > 0)
+    privacy["no_dp"] = bool(cfg.no_dp)
+    ours = (NO_DP_WARNING, CENTRAL_ONLY_WARNING)
+    warnings = [w for w in privacy.get("warnings", []) if w not in ours]
+    if cfg.no_dp:
+        warnings.insert(0, CENTRAL_ONLY_WARNING if privacy["dp"] else NO_DP_WARNING)
+    privacy["warnings"] = warnings
+    if cfg.dp:
+        rdp, prv = [], []
+        for client in privacy.get("per_client", {}).values():
+            if client.get("steps", 0) > 0 and client.get("noise_multiplier", 0) > 0:
+                history = [(client["noise_multiplier"], client["sample_rate"], client["steps"])]
+                eps = accounting.epsilons_from_history(history, cfg.delta)
+                client["epsilon_rdp"], client["epsilon_prv"] = eps.rdp, eps.prv
+                rdp.append(eps.rdp)
+                prv.append(eps.prv)
+        privacy["epsilon_rdp"] = max(rdp) if rdp else None
+        privacy["epsilon_prv"] = max(prv) if prv else None
+        privacy["accountant"] = "min(rdp, prv)"
+    return json.dumps(_finite(privacy), sort_keys=True) != before
+
+
+def round_epsilons(clients: dict[Any, dict[str, Any]], dp: bool) -> dict[str, float | None]:
+    """A round's ε fields for RoundRow from the clients' latest metrics: the max over clients of the tight ε
+    ("epsilon", min of RDP and PRV) and of each accountant's ("epsilon-rdp", "epsilon-prv"); None without DP."""
+    if not dp:
+        return {"epsilon": None, "epsilon_rdp": None, "epsilon_prv": None}
+    trained = [m for m in clients.values() if "steps" in m]
+
+    def worst(key: str, default: float | None) -> float | None:
+        values = [float(m[key]) for m in trained if key in m and math.isfinite(float(m[key]))]
+        return max(values) if values else default
+
+    return {
+        "epsilon": worst("epsilon", 0.0),
+        "epsilon_rdp": worst("epsilon-rdp", None),
+        "epsilon_prv": worst("epsilon-prv", None),
+    }
+
+
+def _eps(value: float | None, missing: str) -> str:
+    """An ε cell."""
+    return missing if value is None else f"{value:.4f}"
 
 
 def _finite(value: Any) -> Any:

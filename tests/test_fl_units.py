@@ -12,13 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fl import accounting, client_state
 from fl.data import client_data, client_partitions, heldout_data, public_data
 from fl.dp_train import Plan, make_plan, predicted_epsilon, train_local
 from fl.settings import FlSettings
-from fl.summary import RoundRow, RunSummary
+from fl.summary import RoundRow, RunSummary, round_epsilons
 from fl.tasks import (
     CtrMLP,
     DigitsMLP,
@@ -129,7 +129,7 @@ def test_settings_round_trip_through_run_config_and_reject_bad_values() -> None:
     cfg = FlSettings(task="ctr", epsilon=8.0, alpha=0.5, secure_mode=True, num_server_rounds=7)
     assert FlSettings.from_run_config(cfg.to_run_config()) == cfg
     assert FlSettings.from_run_config({"num-server-rounds": 2, "epsilon": 3}).num_server_rounds == 2
-    assert FlSettings(epsilon=0.0).budget is None and FlSettings(epsilon=3.0).budget == 3.0
+    assert FlSettings(no_dp=True).budget is None and FlSettings(epsilon=3.0).budget == 3.0
     with pytest.raises(ConfigError):
         FlSettings(delta=1.5)
     with pytest.raises(ConfigError):
@@ -145,10 +145,48 @@ def test_accounting_matches_opacus_accountant_for_a_mixed_history() -> None:
     ours = accounting.epsilon_from_history(history, 1e-5)
     assert math.isclose(ours, acc.get_epsilon(delta=1e-5), rel_tol=1e-9)
     assert accounting.compose([(1.1, 0.05, 40)], (1.1, 0.05, 2)) == [(1.1, 0.05, 42)]
-    sigma = accounting.noise_for_target(3.0, 1e-5, 0.05, 200)
+    sigma = accounting.rdp_noise_for_target(3.0, 1e-5, 0.05, 200)
     assert 2.9 < accounting.epsilon(sigma, 0.05, 200, 1e-5) <= 3.0
     assert accounting.central_epsilon(1.0, 0, 1e-5) == 0.0
     assert accounting.central_epsilon(1.0, 5, 1e-5) > accounting.central_epsilon(1.0, 2, 1e-5) > 0
+
+
+@pytest.mark.parametrize("history", [[(1.0, 1 / 15, 30)], [(0.9, 1 / 8, 80)], [(1.1, 0.05, 40), (0.9, 0.1, 7)]])
+def test_prv_is_tighter_than_rdp_on_the_same_history_and_matches_opacus(history: list) -> None:
+    prv = PRVAccountant()
+    prv.history = list(history)
+    eps = accounting.epsilons_from_history(history, 1e-5)
+    assert math.isclose(eps.prv, prv.get_epsilon(delta=1e-5, eps_error=accounting.PRV_EPS_ERROR), rel_tol=1e-9)
+    assert 0 < eps.prv < eps.rdp and eps.tight == eps.prv and eps.accountant == "prv"
+    assert accounting.tight_epsilon_from_history(history, 1e-5) == min(eps.rdp, eps.prv)
+
+
+def test_noise_calibrated_on_the_tighter_accountant_is_smaller_and_stays_within_target() -> None:
+    q, steps, target = 1 / 15, 45, 3.0
+    sigma_rdp = accounting.rdp_noise_for_target(target, 1e-5, q, steps)
+    sigma = accounting.noise_for_target(target, 1e-5, q, steps)
+    assert sigma < 0.97 * sigma_rdp  # PRV lets the same ε carry less noise
+    eps = accounting.epsilons_from_history([(sigma, q, steps)], 1e-5)
+    assert (1 - accounting.EPS_SLACK) * target - 1e-9 <= eps.tight <= target < eps.rdp  # RDP alone would overspend
+    with pytest.raises(ConfigError):
+        accounting.noise_for_target(math.nan, 1e-5, q, steps)
+
+
+def test_budget_and_reported_epsilon_use_the_tighter_accountant_with_opacus_cross_check() -> None:
+    x, y = client_data("digits", 0, 2, 3, None)
+    cfg = FlSettings(num_server_rounds=2, epsilon=2.0)
+    plan = make_plan(len(y), cfg)
+    result = train_local(DigitsMLP(), x, y, cfg, plan, [])
+    # Opacus' own RDPAccountant agrees with the independent RDP computation on the history it kept
+    assert math.isclose(result.epsilon_rdp, accounting.epsilon_from_history(result.history, cfg.delta), rel_tol=1e-9)
+    assert result.epsilon_prv == accounting.prv_epsilon_from_history(result.history, cfg.delta)
+    assert result.epsilon == min(result.epsilon_rdp, result.epsilon_prv) == result.epsilon_prv
+    # the prediction the budget check uses is the tight one: after the last round ε is within target, RDP is not
+    final = predicted_epsilon(result.history, plan, cfg.delta)
+    assert final == accounting.tight_epsilon_from_history(
+        accounting.compose(result.history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)), cfg.delta
+    )
+    assert final <= 2.0 < accounting.epsilon(plan.noise_multiplier, plan.sample_rate, 2 * plan.steps_per_round, 1e-5)
 
 
 def test_local_dp_round_carries_history_so_epsilon_is_cumulative() -> None:
@@ -221,3 +259,21 @@ def test_summary_json_round_trip_and_table_says_how_it_ended() -> None:
     assert "stopped early: privacy budget" in str(again.table().caption)
     with pytest.raises(ConfigError):
         RunSummary.from_json("{}")
+
+
+def test_round_epsilons_take_the_worst_client_per_accountant_and_table_shows_both() -> None:
+    clients = {
+        1: {"steps": 30, "epsilon": 2.5, "epsilon-rdp": 2.9, "epsilon-prv": 2.5},
+        2: {"steps": 15, "epsilon": 2.7, "epsilon-rdp": 3.1, "epsilon-prv": 2.7},
+        3: {"steps": 15, "epsilon": math.nan, "epsilon-rdp": math.nan, "epsilon-prv": math.nan},  # a lying client
+        4: {"epsilon-next": 9.0},  # asked, never trained
+    }
+    eps = round_epsilons(clients, dp=True)
+    assert eps == {"epsilon": 2.7, "epsilon_rdp": 3.1, "epsilon_prv": 2.7}
+    assert round_epsilons(clients, dp=False) == {"epsilon": None, "epsilon_rdp": None, "epsilon_prv": None}
+    summary = RunSummary(task="digits", rounds_requested=1, initial_accuracy=0.1, initial_loss=2.3)
+    summary.rows.append(RoundRow(1, 0.5, 1.5, clients=2, dropped=0, failed=0, sampled=2, **eps))
+    table = summary.table()
+    headers = [c.header for c in table.columns]
+    assert headers[3:6] == ["ε (max client)", "ε RDP", "ε PRV"]
+    assert [list(c.cells)[1] for c in table.columns[3:6]] == ["2.7000", "3.1000", "2.7000"]
