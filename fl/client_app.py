@@ -18,9 +18,10 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Scalar
 
 from fl import client_state, secagg
-from fl.accounting import epsilon_from_history
+from fl.accounting import HistoryEntry, epsilon_from_history
 from fl.data import client_data
 from fl.dp_train import Plan, check_secure_mode, make_plan, predicted_epsilon, train_local
 from fl.local_data import NODE_CONFIG_KEY, load_local_data
@@ -36,7 +37,7 @@ def _settings(bound: FlSettings | None, context: Context) -> FlSettings:
     return bound if bound is not None else FlSettings.from_run_config(dict(context.run_config))
 
 
-def _local_data(settings: FlSettings, context: Context) -> tuple:
+def _local_data(settings: FlSettings, context: Context) -> tuple[np.ndarray, np.ndarray]:
     """This node's rows: its own file (node config `data-file`), else its partition-id / num-partitions share."""
     data_file = context.node_config.get(NODE_CONFIG_KEY)
     if data_file:
@@ -64,7 +65,7 @@ def _model(settings: FlSettings, arrays: ArrayRecord) -> torch.nn.Module:
 
 
 def _privacy_metrics(
-    settings: FlSettings, context: Context, plan: Plan, history: list, num_examples: int
+    settings: FlSettings, context: Context, plan: Plan, history: list[HistoryEntry], num_examples: int
 ) -> dict[str, float | int]:
     """ε so far and after one more round, with the parameters that determine them."""
     metrics: dict[str, float | int] = {
@@ -96,7 +97,9 @@ def local_round(cfg: FlSettings, context: Context, state: StateDict) -> tuple[St
     metrics = _privacy_metrics(cfg, context, plan, result.history, len(y))
     metrics["unit-weight"] = 1  # the training loss stays here: it is not covered by the DP guarantee
     if cfg.dp:
-        metrics["epsilon"] = result.epsilon  # the Opacus accountant's own figure
+        metrics["epsilon"] = result.epsilon  # min(RDP, PRV): the tighter bound, what the budget counts
+        metrics["epsilon-rdp"] = result.epsilon_rdp
+        metrics["epsilon-prv"] = result.epsilon_prv
     return result.state_dict, metrics
 
 
@@ -107,7 +110,9 @@ class _SecureClient(NumPyClient):
         self.settings = settings
         self.ctx = context
 
-    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Scalar]
+    ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         """DP-SGD from the received weights; the weight is the example count capped at SecAgg+'s max_weight."""
         cfg = _settings(self.settings, self.ctx)
         state, metrics = local_round(cfg, self.ctx, secagg.ndarrays_to_state(cfg.task, parameters))
@@ -138,8 +143,8 @@ def make_client_app(
         cfg = _settings(settings, context)
         if secagg.enabled(cfg, context.run_config):
             return secure(msg, context)
-        state, metrics = local_round(cfg, context, msg.content["arrays"].to_torch_state_dict())
-        content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+        state, metrics = local_round(cfg, context, msg.content.array_records["arrays"].to_torch_state_dict())
+        content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(dict(metrics))})
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
@@ -148,7 +153,7 @@ def make_client_app(
         torch.set_num_threads(1)
         cfg = _settings(settings, context)
         x, y = _local_data(cfg, context)
-        loss, acc = evaluate(_model(cfg, msg.content["arrays"]), x, y)
+        loss, acc = evaluate(_model(cfg, msg.content.array_records["arrays"]), x, y)
         content = RecordDict({"metrics": MetricRecord({"eval-loss": loss, "eval-acc": acc, "num-examples": len(y)})})
         return Message(content=content, reply_to=msg)
 
@@ -160,7 +165,7 @@ def make_client_app(
         _, y = _local_data(cfg, context)
         plan = _plan(cfg, context, len(y))
         metrics = _privacy_metrics(cfg, context, plan, client_state.load_history(context), len(y))
-        return Message(content=RecordDict({"privacy": MetricRecord(metrics)}), reply_to=msg)
+        return Message(content=RecordDict({"privacy": MetricRecord(dict(metrics))}), reply_to=msg)
 
     return app
 

@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Context
 
 from fl.accounting import HistoryEntry
 from fl.dp_train import Plan
+from gateway.errors import ConfigError
 
 STATE_KEY = "sealgate-privacy"
 
@@ -20,10 +21,10 @@ def load_plan(context: Context) -> Plan | None:
     if rec is None or "noise-multiplier" not in rec:
         return None
     return Plan(
-        num_examples=int(rec["num-examples"]),
-        sample_rate=float(rec["sample-rate"]),
-        steps_per_round=int(rec["steps-per-round"]),
-        noise_multiplier=float(rec["noise-multiplier"]),
+        num_examples=int(_number(rec, "num-examples")),
+        sample_rate=_number(rec, "sample-rate"),
+        steps_per_round=int(_number(rec, "steps-per-round")),
+        noise_multiplier=_number(rec, "noise-multiplier"),
     )
 
 
@@ -32,8 +33,8 @@ def load_history(context: Context) -> list[HistoryEntry]:
     rec = context.state.config_records.get(STATE_KEY)
     if rec is None or "hist-sigma" not in rec:
         return []
-    sigmas, rates, steps = rec["hist-sigma"], rec["hist-q"], rec["hist-steps"]
-    return [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)]  # type: ignore[arg-type]
+    sigmas, rates, steps = _numbers(rec, "hist-sigma"), _numbers(rec, "hist-q"), _numbers(rec, "hist-steps")
+    return [(s, q, int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)]
 
 
 def save(context: Context, plan: Plan, history: list[HistoryEntry]) -> None:
@@ -49,3 +50,19 @@ def save(context: Context, plan: Plan, history: list[HistoryEntry]) -> None:
             "hist-steps": [int(n) for _, _, n in history],
         }
     )
+
+
+def _number(rec: ConfigRecord, key: str) -> float:
+    """A numeric entry of the stored state (a ConfigRecord value may be any scalar or list type)."""
+    value = rec[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"client privacy state: {key} is not a number: {value!r}")
+    return float(value)
+
+
+def _numbers(rec: ConfigRecord, key: str) -> list[float]:
+    """A list-of-numbers entry of the stored state."""
+    value = rec[key]
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"client privacy state: {key} is not a list of numbers")
+    return [float(v) for v in value]

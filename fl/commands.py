@@ -63,6 +63,13 @@ def run_cmd(
     central_noise: Annotated[float, typer.Option(help="Central DP noise multiplier (client level); 0 = off.")] = 0.0,
     central_clip: Annotated[float, typer.Option(help="Central DP clipping norm of client updates.")] = 1.0,
     secure_mode: Annotated[bool, typer.Option(help="Opacus secure mode (needs torchcsprng).")] = False,
+    secure_aggregation: Annotated[
+        bool,
+        typer.Option(
+            "--secure-aggregation",
+            help="SecAgg+: the server sees only the masked sum of the DP updates; needs ≥ 3 clients.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data split and partitions (not of DP noise).")] = 0,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
 ) -> None:
@@ -99,6 +106,7 @@ def run_cmd(
         central_noise_multiplier=central_noise,
         central_clipping_norm=central_clip,
         secure_mode=secure_mode,
+        secure_aggregation=secure_aggregation,
         seed=seed,
     )
     out.print(result.summary.table())
@@ -116,6 +124,8 @@ def run_cmd(
         )
     else:
         out.print("privacy: no DP", highlight=False)
+    if p.get("server_sees"):
+        out.print(f"secure aggregation: the server saw the {p['server_sees']}", highlight=False, soft_wrap=True)
     for warning in p.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if result.summary.stopped_early:

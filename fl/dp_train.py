@@ -102,7 +102,7 @@ def freeze_to_head(model: nn.Module) -> list[nn.Parameter]:
     return trainable
 
 
-def _batches(loader: DataLoader, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(loader: DataLoader[tuple[torch.Tensor, ...]], epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every batch of `epochs` passes over `loader`."""
     for _ in range(epochs):
         yield from loader

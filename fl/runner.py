@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fl import secagg
 from fl.client_app import Mod, make_client_app
 from fl.data import client_partitions, public_data
 from fl.dp_train import check_secure_mode
@@ -89,6 +90,7 @@ def settings_for(
     if clients < 1:
         raise ConfigError("need at least one client")
     overrides.setdefault("no_dp", epsilon is None)
+    per_round = 3 if overrides.get("secure_aggregation") else 2  # SecAgg+ needs at least 3 clients a round
     return FlSettings(
         task=task,
         num_server_rounds=rounds,
@@ -96,7 +98,7 @@ def settings_for(
         delta=delta,
         alpha=alpha if alpha is not None else 0.0,
         min_available_nodes=clients,
-        min_train_nodes=min(2, clients),
+        min_train_nodes=min(per_round, clients),
         out_dir=str(out_dir),
         start_weights=str(start_weights_path) if start_weights_path else "",
         **overrides,
@@ -120,13 +122,15 @@ def _quiet_flower(verbose: bool) -> Iterator[None]:
 
 def preflight(cfg: FlSettings, clients: int, start_weights: bytes | None) -> None:
     """Every check that can fail before Ray or Flower start: task, δ < 1/n for the smallest client, public split,
-    secure mode, start weights that fit the task's model."""
+    secure mode, secure aggregation (≥ 3 clients, no central DP), start weights that fit the task's model."""
     spec = get_task(cfg.task)
     if cfg.public_size:
         public_data(cfg.task, cfg.seed, cfg.public_size)
     sizes = [len(p) for p in client_partitions(cfg.task, cfg.seed, clients, cfg.dirichlet_alpha, cfg.public_size)]
     cfg.check_delta(min(sizes))
     check_secure_mode(cfg)
+    if cfg.secure_aggregation:
+        secagg.check_settings(cfg)
     if start_weights is not None:
         load_into(spec.model_cls(), load_weights(start_weights), f"start weights for task {cfg.task!r}")
 
@@ -200,7 +204,8 @@ def run_federated(
 
     `epsilon=None` trains without DP (recorded as such). `start_weights` are safetensors bytes (the served
     release's weights); None starts from a seeded fresh model. Results go to `out_dir` (default ./fl-out).
-    Other FlSettings fields (lr, batch_size, max_grad_norm, noise_multiplier, ...) pass through `overrides`.
+    Other FlSettings fields (lr, batch_size, max_grad_norm, noise_multiplier, secure_aggregation, ...) pass
+    through `overrides`.
     """
     out = Path(out_dir) if out_dir is not None else DEFAULT_OUT
     cfg = settings_for(task, clients, rounds, epsilon, delta, alpha, out, None, **overrides)
@@ -229,7 +234,7 @@ def run_federated(
                 server_app=make_server_app(cfg, progress),
                 client_app=make_client_app(cfg, client_mods),
                 num_supernodes=clients,
-                backend_config=backend,  # type: ignore[arg-type]
+                backend_config=backend,
                 verbose_logging=verbose,
             )
     if not (out / SUMMARY_FILE).exists():

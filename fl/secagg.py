@@ -43,7 +43,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from fl.data import heldout_data
 from fl.settings import FlSettings
-from fl.summary import RoundRow, RunSummary
+from fl.summary import RoundRow, RunSummary, complete_privacy_record, round_epsilons
 from fl.tasks import StateDict, evaluate, get_task, load_into
 from gateway.errors import ConfigError
 
@@ -359,12 +359,11 @@ def run_secure_rounds(grid: Grid, context: Context, cfg: FlSettings, progress: A
                 summary.dropped_updates.append({"round": rnd, "node": "aggregate", "reason": record.halted})
             arrays = _current_arrays(legacy)
             loss, acc = _eval(arrays)
-            eps_values = [float(m["epsilon"]) for m in clients.values() if "epsilon" in m and "steps" in m]
             row = RoundRow(
                 round=rnd,
                 accuracy=acc,
                 loss=loss,
-                epsilon=(max(eps_values) if eps_values else 0.0) if cfg.dp else None,
+                **round_epsilons(clients, cfg.dp),
                 clients=len(record.masked) - dropped if record.completed else 0,
                 dropped=dropped,
                 failed=len(record.dropped_out),
@@ -387,6 +386,7 @@ def run_secure_rounds(grid: Grid, context: Context, cfg: FlSettings, progress: A
         stop.set()
         thread.join()
     summary.privacy = privacy_summary(cfg, summary, clients)
+    complete_privacy_record(summary, cfg)
     summary.privacy.update(secure_privacy(workflow))
     summary.privacy["mechanism"] += "; SecAgg+ secure aggregation (the server sees only the masked sum)"
     return RunOutcome(state_dict=ndarrays_to_state(cfg.task, arrays), summary=summary, client_privacy=clients)

@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from fl import accounting
 from fl.data import heldout_data
 from fl.settings import FlSettings
-from fl.summary import RoundRow, RunSummary
+from fl.summary import RoundRow, RunSummary, complete_privacy_record, round_epsilons
 from fl.tasks import StateDict, evaluate, get_task, load_into, load_weights
 from fl.validation import ValidatingStrategy, scalar_metrics
 from gateway.errors import ConfigError, Unavailable
@@ -173,12 +173,11 @@ def run_rounds(grid: Grid, cfg: FlSettings, progress: ProgressFn | None = None) 
         if new_arrays is not None:
             arrays = new_arrays
         loss, acc = _evaluate(cfg, _arrays_to_state(arrays), x_te, y_te)
-        eps_values = [float(m["epsilon"]) for m in clients.values() if "epsilon" in m and "steps" in m]
         row = RoundRow(
             round=rnd,
             accuracy=acc,
             loss=loss,
-            epsilon=(max(eps_values) if eps_values else 0.0) if cfg.dp else None,
+            **round_epsilons(clients, cfg.dp),
             clients=len(validation.kept),
             dropped=len(validation.dropped),
             failed=len(missing),
@@ -199,13 +198,14 @@ def run_rounds(grid: Grid, cfg: FlSettings, progress: ProgressFn | None = None) 
         if progress is not None:
             progress(row)
     summary.privacy = privacy_summary(cfg, summary, clients)
+    complete_privacy_record(summary, cfg)
     return RunOutcome(state_dict=_arrays_to_state(arrays), summary=summary, client_privacy=clients)
 
 
 def privacy_summary(cfg: FlSettings, summary: RunSummary, clients: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """What goes into a release's provenance: ε, δ, accountant, noise, clipping, rounds, clients and their sizes."""
     eps = [float(m["epsilon"]) for m in clients.values() if "epsilon" in m and m.get("steps", 0) > 0]
-    per_client = {
+    per_client: dict[str, dict[str, Any]] = {
         str(node): {
             "partition_id": int(m.get("partition-id", -1)),
             "num_examples": int(m.get("num-examples", 0)),
@@ -228,7 +228,7 @@ def privacy_summary(cfg: FlSettings, summary: RunSummary, clients: dict[int, dic
         "epsilon": max(eps) if eps else (0.0 if cfg.dp else None),
         "delta": cfg.delta if cfg.dp else None,
         "epsilon_budget": cfg.budget,
-        "accountant": "rdp" if cfg.dp else None,
+        "accountant": "min(rdp, prv)" if cfg.dp else None,
         "noise_multiplier": (noise[0] if len(noise) == 1 else noise) if cfg.dp else 0.0,
         "max_grad_norm": cfg.max_grad_norm if cfg.dp else None,
         "secure_mode": cfg.secure_mode,

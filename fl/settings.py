@@ -33,6 +33,8 @@ class FlSettings:
     # optional central DP (client level) with Flower's server-side fixed-clipping wrapper; 0 = off
     central_noise_multiplier: float = 0.0
     central_clipping_norm: float = 1.0
+    # secure aggregation (SecAgg+, fl/secagg.py): the server sees only the masked sum of the clients' DP updates
+    secure_aggregation: bool = False
     # local training
     local_epochs: int = 1
     batch_size: int = 32
@@ -89,6 +91,10 @@ class FlSettings:
                 f"epsilon must be a finite positive number, got {self.epsilon:g} (training without DP needs --no-dp)"
             )
         get_task(self.task)
+        if self.secure_aggregation:
+            from fl import secagg  # imported here: fl.secagg imports this module
+
+            secagg.check_settings(self)
 
     def check_delta(self, smallest_client: int) -> None:
         """δ must be below 1/n for the smallest client's n, or the (ε, δ) guarantee allows leaking a whole row."""

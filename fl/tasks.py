@@ -34,7 +34,8 @@ class DigitsMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of flattened images."""
-        return self.net(x)
+        logits: torch.Tensor = self.net(x)
+        return logits
 
 
 class CtrMLP(nn.Module):
@@ -46,7 +47,8 @@ class CtrMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of feature rows."""
-        return self.net(x)
+        logits: torch.Tensor = self.net(x)
+        return logits
 
 
 # --- data -----------------------------------------------------------------------------------------

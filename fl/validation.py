@@ -144,7 +144,7 @@ class ValidatingStrategy(Strategy):
         for msg in replies:
             node = self.node_of(msg)
             if msg.has_error():
-                result.failed[node] = msg.error.reason
+                result.failed[node] = msg.error.reason or "no reason given"
                 continue
             result.metrics[node] = scalar_metrics(msg.content.metric_records.values())
             candidate = self._structure(msg, node, result)

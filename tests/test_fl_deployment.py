@@ -49,11 +49,10 @@ def _toml_value(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else json.dumps(value)
 
 
-def write_app(app_dir: Path, settings: FlSettings, extra: dict[str, object] | None = None) -> None:
-    """A Flower App folder: sealgate's components and a full [tool.flwr.app.config] (the code is installed);
-    `extra` adds run-config keys that are not FlSettings fields (yet)."""
+def write_app(app_dir: Path, settings: FlSettings) -> None:
+    """A Flower App folder: sealgate's components and a full [tool.flwr.app.config] (the code is installed)."""
     app_dir.mkdir()
-    values = {**(extra or {}), **settings.to_run_config()}
+    values = settings.to_run_config()
     config = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
     app_dir.joinpath("pyproject.toml").write_text(
         '[project]\nname = "sealgate-fl"\nversion = "0.1.0"\ndescription = "sealgate federated fine-tuning"\n'
@@ -268,8 +267,9 @@ def test_secure_aggregation_two_nodes_with_their_own_data_on_other_addresses_and
         min_train_nodes=3,
         round_timeout=90.0,
         out_dir=str(out_dir),
+        secure_aggregation=True,
     )
-    write_app(tmp_path / "app", settings, extra={"secure-aggregation": True})
+    write_app(tmp_path / "app", settings)
     cluster.start(
         "superlink",
         [

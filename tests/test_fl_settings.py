@@ -64,6 +64,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (["--no-dp", "--epsilon", "3"], "--no-dp contradicts --epsilon"),
         (["--no-dp", "--noise-multiplier", "1"], "--no-dp contradicts"),
         (["--noise-multiplier", "-1"], "noise-multiplier must be >= 0, got -1"),
+        (["--secure-aggregation", "--clients", "2"], "secure aggregation needs at least 3 clients per round"),
+        (["--secure-aggregation", "--central-noise", "1"], "central DP (server-side clipping) needs them"),
     ],
 )
 def test_unsafe_settings_are_refused_in_one_line_before_anything_starts(

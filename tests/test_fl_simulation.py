@@ -56,6 +56,7 @@ def test_simulation_accuracy_rises_and_epsilon_is_cumulative(tmp_path: Path) -> 
             assert math.isclose(c["noise_multiplier"], sigma, rel_tol=1e-12)
             expected.append(accounting.tight_epsilon(sigma, 1 / batches, r * batches, DELTA))
         assert math.isclose(row.epsilon, max(expected), rel_tol=1e-6), (row.epsilon, expected)
+        assert row.epsilon == row.epsilon_prv < row.epsilon_rdp
     for c in clients:
         assert c["steps"] == ROUNDS * c["steps_per_round"]
         rdp = accounting.epsilon(c["noise_multiplier"], c["sample_rate"], c["steps"], DELTA)
