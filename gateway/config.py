@@ -2,13 +2,14 @@
 
 With no file, `sealgate serve` serves ./models with the keys `sealgate init` wrote into ./certs, gRPC on
 127.0.0.1:8500 and REST on 127.0.0.1:8501 (TF Serving's ports). Relative paths in a file are resolved
-against the file's folder.
+against the file's folder. A loaded `Config` is frozen: `Config.replaced` gives a changed, re-validated copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ DEV_AUDIENCE = "sealgate"
 DEFAULT_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
     """Addresses and limits of the listeners."""
 
@@ -45,7 +46,7 @@ class ServerConfig:
     max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RepositoryConfig:
     """Where sealed models live and which versions serve (TF Serving's latest-N or specific)."""
 
@@ -53,10 +54,10 @@ class RepositoryConfig:
     poll_interval_s: float = 0.5
     version_policy: str = "latest"
     latest: int = 1
-    versions: list[int] = field(default_factory=list)
+    versions: tuple[int, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class TlsConfig:
     """mTLS material; certificates are re-read when they change on disk."""
 
@@ -67,7 +68,7 @@ class TlsConfig:
     crl: str = ""  # the client CA's CRL (PEM or DER), enforced on every authorized call; empty: none
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuthConfig:
     """JWT verification: issuer, audience, key set, allowed algorithms."""
 
@@ -78,34 +79,34 @@ class AuthConfig:
     issuer: str = DEV_ISSUER
     audience: str = DEV_AUDIENCE
     leeway_s: int = 30
-    algorithms: list[str] = field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     max_token_lifetime_s: int = 86_400  # a token with exp - iat (or exp - now) above this is refused; 0: unlimited
 
 
-@dataclass
+@dataclass(frozen=True)
 class KeysConfig:
     """The gateway's recipient identities and the signers it trusts."""
 
-    identities: list[Path] = field(default_factory=lambda: [Path("certs/gateway.key")])
-    trusted_signers: list[Path] = field(default_factory=lambda: [Path("certs/signing.pub")])
+    identities: tuple[Path, ...] = (Path("certs/gateway.key"),)
+    trusted_signers: tuple[Path, ...] = (Path("certs/signing.pub"),)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuditConfig:
     """Where the JSON-lines audit log goes ('-' for standard error)."""
 
     path: str = "audit.log"
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackendSection:
     """Inference runtime choices."""
 
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -118,26 +119,45 @@ class Config:
     backend: BackendSection = field(default_factory=BackendSection)
 
     def resolve(self, base: Path) -> Config:
-        """Make every relative path absolute against `base`."""
+        """A copy with every relative path made absolute against `base`; this config is left as it is."""
 
         def fix(p: Path) -> Path:
             return p if p.is_absolute() else (base / p)
 
-        self.repository.path = fix(self.repository.path)
-        self.tls.ca, self.tls.cert, self.tls.key = fix(self.tls.ca), fix(self.tls.cert), fix(self.tls.key)
-        self.auth.jwks = fix(self.auth.jwks)
-        if self.tls.crl:
-            self.tls.crl = str(fix(Path(self.tls.crl)))
-        if self.auth.jwks_ca:
-            self.auth.jwks_ca = str(fix(Path(self.auth.jwks_ca)))
-        self.keys.identities = [fix(p) for p in self.keys.identities]
-        self.keys.trusted_signers = [fix(p) for p in self.keys.trusted_signers]
-        if self.audit.path not in ("-", ""):
-            self.audit.path = str(fix(Path(self.audit.path)))
-        return self
+        def fix_str(p: str, keep: tuple[str, ...] = ("",)) -> str:
+            return p if p in keep else str(fix(Path(p)))
+
+        tls, auth, keys = self.tls, self.auth, self.keys
+        return dataclasses.replace(
+            self,
+            repository=dataclasses.replace(self.repository, path=fix(self.repository.path)),
+            tls=dataclasses.replace(tls, ca=fix(tls.ca), cert=fix(tls.cert), key=fix(tls.key), crl=fix_str(tls.crl)),
+            auth=dataclasses.replace(auth, jwks=fix(auth.jwks), jwks_ca=fix_str(auth.jwks_ca)),
+            keys=dataclasses.replace(
+                keys,
+                identities=tuple(fix(p) for p in keys.identities),
+                trusted_signers=tuple(fix(p) for p in keys.trusted_signers),
+            ),
+            audit=dataclasses.replace(self.audit, path=fix_str(self.audit.path, ("-", ""))),
+        )
+
+    def replaced(self, **sections: Mapping[str, Any]) -> Config:
+        """A validated copy with fields of the named sections changed, e.g. `replaced(server={"rest": False})`."""
+        changed: dict[str, Any] = {}
+        for name, values in sections.items():
+            if name not in {f.name for f in dataclasses.fields(self)}:
+                raise ConfigError(f"unknown section [{name}]")
+            section = getattr(self, name)
+            known = {f.name for f in dataclasses.fields(section)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ConfigError(f"unknown key {unknown[0]!r} in [{name}] (known: {', '.join(sorted(known))})")
+            frozen = {key: tuple(v) if isinstance(v, list) else v for key, v in values.items()}  # lists: tuples
+            changed[name] = dataclasses.replace(section, **frozen)
+        return dataclasses.replace(self, **changed).validate()
 
     def validate(self) -> Config:
-        """Refuse values that cannot work, with a message naming the key."""
+        """Refuse values that cannot work, with a message naming the key; changes nothing, returns self."""
         if self.repository.version_policy not in ("latest", "specific"):
             raise ConfigError("[repository] version_policy must be 'latest' or 'specific'")
         if self.repository.version_policy == "latest" and self.repository.latest < 1:
@@ -193,13 +213,13 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string")
         return value
-    if isinstance(default, list):
+    if isinstance(default, tuple):
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list")
         sample = default[0] if default else None
         if isinstance(sample, Path):
-            return [_coerce(v, Path(), where) for v in value]
-        return list(value)
+            return tuple(_coerce(v, Path(), where) for v in value)
+        return tuple(value)
     return value
 
 

@@ -5,8 +5,10 @@ tokens (good and forged), and clients (tritonclient, requests) configured with r
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,18 @@ from gateway.auth.tokens import mint_token
 from gateway.config import Config, load_config
 
 
-@dataclass
+@dataclass(frozen=True)
 class Env:
-    """A gateway's world on disk: certs/, models/, and the config pointing at them."""
+    """A gateway's world on disk: certs/, models/, and the (frozen) config pointing at them."""
 
     root: Path
     certs: Path
     models: Path
     config: Config
+
+    def with_config(self, **sections: Mapping[str, Any]) -> Env:
+        """A copy whose config has these sections' fields changed and re-validated: `with_config(server={...})`."""
+        return dataclasses.replace(self, config=self.config.replaced(**sections))
 
     @property
     def audit(self) -> Path:

@@ -94,8 +94,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
     """The one model, sealed for the gateway."""
     env = harness.make_env(tmp_path_factory.mktemp("conformance"))
     harness.seal_model(env, MODEL, 1, FILES)
-    env.config.server.metrics_address = ""
-    return env
+    return env.with_config(server={"metrics_address": ""})
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_gateway_serves_with_keys_from_a_url(tmp_path: Path) -> None:
     try:
         moved = tmp_path / "jwks-not-used.json"
         shutil.move(env.certs / "jwks.json", moved)  # the file is gone: keys can only come from the URL
-        env.config.auth.jwks_url, env.config.auth.jwks_ca = jwks.url, str(env.certs / "ca.pem")
+        env = env.with_config(auth={"jwks_url": jwks.url, "jwks_ca": str(env.certs / "ca.pem")})
         with GatewayThread(env.config) as gw, harness.triton(env, gw.grpc_port) as client:
             inp = grpcclient.InferInput("input", [1, 8], "FP32")
             inp.set_data_from_numpy(np.ones((1, 8), np.float32))

@@ -96,7 +96,7 @@ def test_auth_defaults_have_one_definition() -> None:
 
     assert defaults.ISSUER is config.DEV_ISSUER and defaults.AUDIENCE is config.DEV_AUDIENCE
     assert defaults.ALGORITHMS is config.DEFAULT_ALGORITHMS is jwt_verify.DEFAULT_ALGORITHMS
-    assert config.AuthConfig().algorithms == list(config.DEFAULT_ALGORITHMS)
+    assert config.AuthConfig().algorithms is config.DEFAULT_ALGORITHMS
     for literal in (config.DEV_ISSUER, '"ES256", "ES384", "RS256"'):
         holders = [p.name for p in sorted((ROOT / "gateway").rglob("*.py")) if literal in p.read_text()]
         assert holders == ["config.py"], literal

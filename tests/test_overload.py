@@ -25,8 +25,7 @@ from tests.models import make_onnx_mlp
 def env(tmp_path: Path) -> harness.Env:
     env = harness.make_env(tmp_path)
     harness.seal_model(env, "m", 1, make_onnx_mlp(8, (8,), 1, seed=1))
-    env.config.server.max_concurrent_requests = 1
-    return env
+    return env.with_config(server={"max_concurrent_requests": 1})
 
 
 def _input() -> Any:

@@ -35,8 +35,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
     harness.seal_model(env, "mlp", 1, make_onnx_mlp(8, (8,), 2, seed=1))
     harness.seal_model(env, "mlp", 2, make_onnx_mlp(8, (8,), 2, seed=2))
     harness.seal_model(env, "text", 1, make_onnx_string_identity())
-    env.config.server.metrics_address = ""
-    return env
+    return env.with_config(server={"metrics_address": ""})
 
 
 @pytest.fixture(scope="module")

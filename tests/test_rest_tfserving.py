@@ -68,8 +68,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
     harness.seal_model(env, "cls", 1, classifier())
     harness.seal_model(env, "reg", 1, regressor())
     harness.seal_model(env, "text", 1, make_onnx_string_identity())
-    env.config.server.metrics_address = ""
-    return env
+    return env.with_config(server={"metrics_address": ""})
 
 
 @pytest.fixture(scope="module")

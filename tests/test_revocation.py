@@ -98,7 +98,7 @@ def _infer(env: harness.Env, port: int, client: str) -> Any:
 def test_gateway_refuses_revoked_certificates_and_reloads_the_crl(tmp_path: Path) -> None:
     env = harness.make_env(tmp_path)
     harness.seal_model(env, "m", 1, make_onnx_mlp(8, (8,), 1, seed=1))
-    env.config.tls.crl = str(pki.revoke(env.certs, env.certs / "client-other.pem"))
+    env = env.with_config(tls={"crl": str(pki.revoke(env.certs, env.certs / "client-other.pem"))})
     with GatewayThread(env.config) as gw:
         before = [(s.name, s.version, s.state.name) for s in gw.manager.status()]
         assert _infer(env, gw.grpc_port, "client").as_numpy("output").shape == (1, 1)

@@ -25,11 +25,8 @@ def served_env(root: Path, **server: Any) -> harness.Env:
     """A gRPC-only gateway world with one ONNX model `m` (FP32 [N, 8] -> [N, 1]); `server` overrides [server]."""
     env = harness.make_env(root)
     harness.seal_model(env, MODEL, 1, make_onnx_mlp(IN_DIM, (8,), 1, seed=1))
-    env.config.server.rest = False  # these tests attack gRPC only
-    env.config.server.metrics_address = ""  # metrics are read in-process; no fixed port to collide on
-    for key, value in server.items():
-        setattr(env.config.server, key, value)
-    return env
+    # gRPC only: these tests attack gRPC; no metrics listener: metrics are read in-process, no port to collide on
+    return env.with_config(server={"rest": False, "metrics_address": "", **server})
 
 
 def wait_serving(gateway: Any, name: str = MODEL, timeout: float = 60.0) -> None:

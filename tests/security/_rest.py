@@ -22,10 +22,7 @@ def rest_env(root: Path, **server: Any) -> harness.Env:
     """A dev world with model "m" (FP32 [-1, 8] -> [-1, 1]), the metrics listener on a free port, and `server` set."""
     env = harness.make_env(root)
     harness.seal_model(env, "m", 1, make_onnx_mlp(IN, (8,), 1, seed=1))
-    env.config.server.metrics_address = "127.0.0.1:0"
-    for key, value in server.items():
-        setattr(env.config.server, key, value)
-    return env
+    return env.with_config(server={"metrics_address": "127.0.0.1:0", **server})
 
 
 def wait_serving(gw: Any, name: str = "m") -> None:

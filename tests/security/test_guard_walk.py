@@ -50,8 +50,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
     """A gateway world serving one ONNX model `m` (FP32 [N, 8] -> [N, 1]) on gRPC and REST."""
     env = harness.make_env(tmp_path_factory.mktemp("walk"))
     harness.seal_model(env, MODEL, 1, make_onnx_mlp(8, (8,), 1, seed=1))
-    env.config.server.metrics_address = ""
-    return env
+    return env.with_config(server={"metrics_address": ""})
 
 
 @pytest.fixture(scope="module")

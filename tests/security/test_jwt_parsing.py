@@ -161,7 +161,7 @@ def test_configured_maximum_lifetime(tmp_path: Path) -> None:
     assert load_config(toml).auth.max_token_lifetime_s == 600
     env = harness.make_env(tmp_path / "gw")
     harness.seal_model(env, "m", 1, make_onnx_mlp(IN_DIM, (8,), 1, seed=1))
-    env.config.auth.max_token_lifetime_s = 600
+    env = env.with_config(auth={"max_token_lifetime_s": 600})
     with GatewayThread(env.config) as gw:
         with pytest.raises(InferenceServerException) as info:
             _infer(env, gw, harness.token(env, "infer:m", ttl=3600))

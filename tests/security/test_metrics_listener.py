@@ -20,7 +20,7 @@ from tests.security._rest import predict_ok, requests_counted, rest_env, scrape,
 
 def test_rest_port_no_longer_serves_metrics_and_the_listener_does(tmp_path: Path) -> None:
     env = rest_env(tmp_path)
-    env.config.tls.crl = str(pki.revoke(env.certs, env.certs / "client-other.pem"))
+    env = env.with_config(tls={"crl": str(pki.revoke(env.certs, env.certs / "client-other.pem"))})
     token = harness.token(env)
     with GatewayThread(env.config) as gw:
         wait_serving(gw)

@@ -34,7 +34,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
     """A dev PKI whose CRL revokes client-other, a CA:TRUE "client", and the served model mlp."""
     env = harness.make_env(tmp_path_factory.mktemp("public"))
     harness.seal_model(env, "mlp", 1, make_onnx_mlp(8, (8,), 1, seed=1))
-    env.config.tls.crl = str(pki.revoke(env.certs, env.certs / "client-other.pem"))
+    env = env.with_config(tls={"crl": str(pki.revoke(env.certs, env.certs / "client-other.pem"))})
     mint(env.certs, "ca-as-client", ca=True)
     return env
 

@@ -47,10 +47,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
     env = harness.make_env(tmp_path_factory.mktemp("release-push"))
     generate_identity_files(env.certs / "edge.key", env.certs / "edge.pub", "X25519")
     harness.seal_model(env, NAME, 1, _model(1), provenance={"seed": 1})
-    env.config.server.rest = False
-    env.config.server.metrics_address = "127.0.0.1:0"  # an ephemeral port: tests run side by side
-    env.config.server.max_concurrent_requests = MAX_CONCURRENT
-    return env
+    # metrics on an ephemeral port: tests run side by side
+    return env.with_config(
+        server={"rest": False, "metrics_address": "127.0.0.1:0", "max_concurrent_requests": MAX_CONCURRENT}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
         tmp_path_factory.mktemp("streams"), max_concurrent_requests=TOTAL, max_concurrent_per_peer=PER_PEER
     )
     pki.add_client(env.certs, "revoked")
-    env.config.tls.crl = str(pki.revoke(env.certs, env.certs / "client-revoked.pem"))
-    return env
+    return env.with_config(tls={"crl": str(pki.revoke(env.certs, env.certs / "client-revoked.pem"))})
 
 
 @pytest.fixture(scope="module")

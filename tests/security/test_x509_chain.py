@@ -150,8 +150,7 @@ def test_revoking_an_intermediate_stops_its_leaves(tmp_path: Path) -> None:
     mint(env.certs, "team-leaf", issuer=intermediate)
     bundle = env.certs / "bundle.pem"
     bundle.write_bytes((env.certs / "ca.pem").read_bytes() + intermediate.cert.public_bytes(serialization.Encoding.PEM))
-    env.config.tls.ca = bundle
-    env.config.tls.crl = str(pki.revoke(env.certs, env.certs / "client-other.pem"))
+    env = env.with_config(tls={"ca": bundle, "crl": str(pki.revoke(env.certs, env.certs / "client-other.pem"))})
     token = harness.token(env)
     with GatewayThread(env.config) as gw:
         served = _status(gw)
