@@ -78,7 +78,7 @@ def test_a_faithful_candidate_passes_every_gate(baseline: bytes, data: tuple[np.
         "latency": "passed",
         "no_nan": "passed",
         "privacy": "passed",
-        "privacy_audit": "skipped",  # no members / non-members given: tests/test_privacy_audit.py runs it
+        "privacy_audit": "skipped",  # no members / non-members given: tests/release/test_privacy_audit.py runs it
         "size": "passed",
     }
     assert report.gate("parity").measured < 1e-5

@@ -50,7 +50,7 @@ from tests.models import (
     mlp_reference,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 THREADS = 16
 
 

@@ -219,7 +219,7 @@ def test_head_only_fine_tuning_leaves_the_body_untouched() -> None:
 
 
 def test_project_flower_config_names_only_known_settings() -> None:
-    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as fh:
+    with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as fh:
         config = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
     known = set(FlSettings().to_run_config())
     assert set(config) <= known, f"unknown keys in [tool.flwr.app.config]: {set(config) - known}"

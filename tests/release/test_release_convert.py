@@ -96,13 +96,22 @@ def test_cli_convert_torch_writes_on_parity_and_refuses_on_failure(tmp_path: Pat
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(weights))
     out = tmp_path / "model.onnx"
     ok = CliRunner().invoke(
-        app, ["convert", str(weights), "--out", str(out), "--model-class", "tests.test_release_convert:SmallNet"]
+        app,
+        ["convert", str(weights), "--out", str(out), "--model-class", "tests.release.test_release_convert:SmallNet"],
     )
     assert ok.exit_code == 0, ok.output
     assert "parity passed" in ok.output and out.stat().st_size > 0
     bad_out = tmp_path / "noisy.onnx"
     bad = CliRunner().invoke(
-        app, ["convert", str(weights), "--out", str(bad_out), "--model-class", "tests.test_release_convert:NoisyNet"]
+        app,
+        [
+            "convert",
+            str(weights),
+            "--out",
+            str(bad_out),
+            "--model-class",
+            "tests.release.test_release_convert:NoisyNet",
+        ],
     )
     assert bad.exit_code == 1
     assert isinstance(bad.exception, GateFailed) and "parity failed" in str(bad.exception)

@@ -153,7 +153,7 @@ def test_config_is_validated(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
@@ -168,7 +168,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         cwd=env.root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
         deadline = time.time() + 60

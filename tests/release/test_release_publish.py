@@ -16,7 +16,7 @@ from gateway.server.app import GatewayThread
 from tests import harness
 from tests.models import make_onnx_mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from gateway.server.app import GatewayThread
 from tests import harness
 from tests.models import make_onnx_mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 HEAVY = ("grpc", "torch", "tensorflow", "onnxruntime", "onnx", "numpy", "cryptography", "flwr")
 

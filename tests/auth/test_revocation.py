@@ -26,7 +26,7 @@ from gateway.server.app import GatewayThread
 from tests import harness
 from tests.models import make_onnx_mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _peer(certs: Path, name: str) -> Any:

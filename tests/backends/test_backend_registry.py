@@ -27,7 +27,7 @@ from gateway.errors import UnsupportedFormat
 from gateway.server.app import GatewayThread
 from tests import fakes, harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_backends_declare_name_platform_and_dispatch() -> None:

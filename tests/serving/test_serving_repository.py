@@ -18,7 +18,7 @@ from gateway.errors import InvalidInput, RollbackRefused
 from gateway.serving.ledger import STATE_NAME
 from gateway.serving.repository import Repository, check_name
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def listing(root: Path) -> list[str]:

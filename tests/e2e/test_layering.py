@@ -18,7 +18,7 @@ import pytest
 from gateway import errors
 from gateway.server import status_map
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OFFLINE_MODULES = (
     "gateway.errors",
     "gateway.artifact.sealed",

@@ -34,7 +34,7 @@ def _start(env: harness.Env) -> subprocess.Popen[bytes]:
         cwd=env.root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     return proc
 

@@ -3,7 +3,7 @@
 Flower's own `SecAggPlusWorkflow` (as subclassed in fl/secagg.py) and `secaggplus_mod` run unchanged with
 sealgate's real ClientApp and Opacus training; the only stand-in is the transport: `LoopbackGrid` hands each
 message through Flower's protobuf serialisation to in-process nodes, each with its own Context, so the
-protocol runs in seconds without Ray. The Deployment Engine test (tests/test_fl_deployment.py) runs it over
+protocol runs in seconds without Ray. The Deployment Engine test (tests/fl/test_fl_deployment.py) runs it over
 real SuperLink / SuperNode processes.
 """
 

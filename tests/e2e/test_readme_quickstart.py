@@ -18,7 +18,7 @@ from pathlib import Path
 from gateway.config import ServerConfig
 from tests.models import make_onnx_mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PY_END = "SEALGATE_README_PYTHON"
 
