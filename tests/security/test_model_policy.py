@@ -9,6 +9,7 @@ a good model keeps serving.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from tests.models import ONNX_OPSET, make_onnx_mlp, make_tf_savedmodel, mlp_refe
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_NAME = "leak-secret.txt"
-SECRET = b"-----BEGIN PRIVATE KEY----- sealgate test secret"
+SECRET = b"sealgate test secret " + secrets.token_hex(16).encode()  # made per run: what a leak would show
 N = len(SECRET)
 EVIL = "evil"
 IN, HIDDEN = 16, (32,)
