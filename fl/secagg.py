@@ -281,7 +281,15 @@ def _set_arrays(context: LegacyContext, arrays: list[np.ndarray]) -> None:
 
 def run_secure_rounds(grid: Grid, context: Context, cfg: FlSettings, progress: Any = None) -> Any:
     """Run up to `cfg.num_server_rounds` SecAgg+ rounds; returns the same RunOutcome as the plain loop."""
-    from fl.server_loop import RunOutcome, _note_lost, initial_weights, privacy_summary, query_privacy, wait_for_nodes
+    from fl.server_loop import (
+        RunOutcome,
+        _note_lost,
+        finish_round,
+        initial_weights,
+        privacy_summary,
+        query_privacy,
+        wait_for_nodes,
+    )
 
     check_settings(cfg)
     x_te, y_te = heldout_data(cfg.task, cfg.seed)
@@ -369,19 +377,7 @@ def run_secure_rounds(grid: Grid, context: Context, cfg: FlSettings, progress: A
                 failed=len(record.dropped_out),
                 sampled=len(record.sampled),
             )
-            summary.rows.append(row)
-            log.info(
-                "round %d: accuracy %.4f loss %.4f ε %s kept %d dropped %d failed %d (secure aggregation)",
-                rnd,
-                acc,
-                loss,
-                row.epsilon,
-                row.clients,
-                row.dropped,
-                row.failed,
-            )
-            if progress is not None:
-                progress(row)
+            finish_round(summary, row, progress, " (secure aggregation)")
     finally:
         stop.set()
         thread.join()

@@ -184,22 +184,28 @@ def run_rounds(grid: Grid, cfg: FlSettings, progress: ProgressFn | None = None) 
             sampled=len(messages),
             central_epsilon=central_eps if new_arrays is not None else None,
         )
-        summary.rows.append(row)
-        log.info(
-            "round %d: accuracy %.4f loss %.4f ε %s kept %d dropped %d failed %d",
-            rnd,
-            acc,
-            loss,
-            row.epsilon,
-            row.clients,
-            row.dropped,
-            row.failed,
-        )
-        if progress is not None:
-            progress(row)
+        finish_round(summary, row, progress)
     summary.privacy = privacy_summary(cfg, summary, clients)
     complete_privacy_record(summary, cfg)
     return RunOutcome(state_dict=_arrays_to_state(arrays), summary=summary, client_privacy=clients)
+
+
+def finish_round(summary: RunSummary, row: RoundRow, progress: ProgressFn | None, how: str = "") -> None:
+    """Keep a round's row, log it and report it (the plain and the secure-aggregation loops alike)."""
+    summary.rows.append(row)
+    log.info(
+        "round %d: accuracy %.4f loss %.4f ε %s kept %d dropped %d failed %d%s",
+        row.round,
+        row.accuracy,
+        row.loss,
+        row.epsilon,
+        row.clients,
+        row.dropped,
+        row.failed,
+        how,
+    )
+    if progress is not None:
+        progress(row)
 
 
 def privacy_summary(cfg: FlSettings, summary: RunSummary, clients: dict[int, dict[str, Any]]) -> dict[str, Any]:
