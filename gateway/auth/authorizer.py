@@ -110,8 +110,8 @@ class Authorizer:
 
 def bearer_token(metadata: Metadata) -> str:
     """The token of the single `authorization: Bearer <jwt>` entry (keys compared case-insensitively)."""
-    # dict first: isinstance against the Mapping ABC costs microseconds on every call
-    items = metadata.items() if isinstance(metadata, dict | Mapping) else metadata
+    # gRPC hands a tuple: test for it first, since isinstance against the Mapping ABC costs microseconds
+    items = metadata if type(metadata) is tuple else metadata.items() if isinstance(metadata, Mapping) else metadata
     values = [v for k, v in items if isinstance(k, str) and k.lower() == "authorization"]
     if not values:
         raise Unauthenticated("missing bearer token", reason="missing")

@@ -75,7 +75,7 @@ def decode_off_loop(request: pb.ModelInferRequest) -> bool:
             total += len(data)
         if total > THREAD_DECODE_BYTES:
             return True
-        return any(t.datatype == BYTES for t in request.inputs) and total > THREAD_DECODE_ELEMENTS * BYTES_FRAME
+        return total > THREAD_DECODE_ELEMENTS * BYTES_FRAME and any(t.datatype == BYTES for t in request.inputs)
     return request.ByteSize() > THREAD_DECODE_BYTES or any(
         t.datatype == BYTES and len(t.contents.bytes_contents) > THREAD_DECODE_ELEMENTS for t in request.inputs
     )
