@@ -29,29 +29,7 @@ DATATYPES = [*V2_DATATYPES, "", "FP8", "bytes", "STRING", "BF16"]
 NAMES = ["input", "x", "a", "b", "", "input "]
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 DIMS = [0, 1, 2, 3, 4, 8, 64, -1, -2, 1 << 16, 1 << 28, (1 << 28) + 1, 1 << 31, 1 << 62, INT64_MAX, INT64_MIN]
-TYPED_FIELDS = [
-    "bool_contents",
-    "int_contents",
-    "int64_contents",
-    "uint_contents",
-    "uint64_contents",
-    "fp32_contents",
-    "fp64_contents",
-    "bytes_contents",
-]
-_FIELD_OF = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP64": "fp64_contents",
-    BYTES: "bytes_contents",
-}
+TYPED_FIELDS = sorted(set(tensors.TYPED_FIELD.values()))  # the decoder's own datatype -> field map
 _TYPED_LIMITS = {
     "int_contents": (-(1 << 31), (1 << 31) - 1),
     "int64_contents": (INT64_MIN, INT64_MAX),
@@ -83,7 +61,7 @@ def _bytes_framing(fdp: Any) -> bytes:
 
 def _field_for(datatype: str) -> str:
     """The typed-contents field Triton uses for `datatype` (fp32_contents for types that have none)."""
-    return _FIELD_OF.get(datatype, "fp32_contents")
+    return tensors.TYPED_FIELD.get(datatype, "fp32_contents")
 
 
 def _typed(fdp: Any, tensor: pb.ModelInferRequest.InferInputTensor, count: int) -> None:

@@ -49,6 +49,7 @@ from gateway.errors import (
     UntrustedSigner,
     clip,
 )
+from gateway.jsondepth import nesting_depth
 from gateway.versions import MAX_VERSION, check_version
 
 MAGIC = b"SGSEALED"
@@ -62,6 +63,7 @@ DEFAULT_CHUNK = 1 << 20
 MIN_CHUNK, MAX_CHUNK = 4 << 10, 64 << 20
 MAX_HEADER = 1 << 20
 MAX_SIG = 256
+MAX_HEADER_DEPTH = 8  # the header nests three levels (header, recipients, recipient)
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 HASH_THREAD_MIN = 8 << 20  # below this, hashing inline beats starting a thread
 AEAD_NAME = "AES-256-GCM"
@@ -278,6 +280,8 @@ def _check_keys(doc: object, allowed: frozenset[str], where: str) -> None:
 def parse_header_json(data: bytes) -> Header:
     """Strictly parse a header's canonical JSON: exact types, exact fields at every level, bounded values."""
     try:
+        if nesting_depth(data, MAX_HEADER_DEPTH) > MAX_HEADER_DEPTH:  # refused before json recurses into it
+            raise ValueError("nested too deep")
         doc = json.loads(data)
         if _canonical(doc) != data:
             raise ValueError("not canonical")

@@ -28,6 +28,7 @@ from jwt import PyJWK
 from gateway.auth.defaults import ALGORITHMS as DEFAULT_ALGORITHMS
 from gateway.auth.jwks import FileJwks, JwksSource, UrlJwks, parse_jwks
 from gateway.errors import ConfigError, Unauthenticated
+from gateway.jsondepth import nesting_depth
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ URL_RELOAD_S = 300.0
 MIN_KID_REFRESH_S = 10.0
 MAX_HEADER_CHARS = 1024  # base64url characters of the JOSE header
 MAX_INT_DIGITS = 32
+MAX_JSON_DEPTH = 16  # nesting of a header or payload (claims are flat; cnf nests one level)
 DEFAULT_MAX_LIFETIME_S = 86_400  # exp - iat above this is refused; 0: unlimited
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")  # base64url, no padding (RFC 7515 §2)
 
@@ -78,6 +80,8 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     """Decode one base64url segment as a strict JSON object; Unauthenticated("malformed") on any fault."""
     try:
         raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+        if nesting_depth(raw, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:  # refused before json recurses into it
+            raise ValueError("nested too deep")
         value = json.loads(
             raw.decode("utf-8"),
             object_pairs_hook=_unique_keys,

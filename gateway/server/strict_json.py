@@ -15,33 +15,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import numpy as np
 
 from gateway.backends.dtypes import BYTES, numpy_dtype
 from gateway.errors import InvalidInput, clip
+from gateway.jsondepth import nesting_depth
 
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 40
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_OPEN = np.zeros(256, np.int8)
-_OPEN[[ord("["), ord("{")]] = 1
-_OPEN[[ord("]"), ord("}")]] = -1
-
-
-def nesting_depth(data: bytes) -> int:
-    """The deepest nesting of [ and { in `data`, brackets inside strings not counted (vectorised, no recursion)."""
-    stripped = _STRING.sub(b"", data)
-    if not stripped:
-        return 0
-    steps = _OPEN[np.frombuffer(stripped, np.uint8)]
-    if not steps.any():
-        return 0
-    return int(np.cumsum(steps, dtype=np.int64).max())
 
 
 def _refuse_constant(token: str) -> Any:
@@ -65,9 +49,8 @@ def loads(data: bytes, max_depth: int = MAX_DEPTH, max_int_digits: int = MAX_INT
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("request body is not UTF-8") from None
-    depth = nesting_depth(data)
-    if depth > max_depth:
-        raise InvalidInput(f"request body nests {depth} levels deep; the limit is {max_depth}")
+    if nesting_depth(data, max_depth) > max_depth:
+        raise InvalidInput(f"request body nests more than {max_depth} levels deep")
 
     def parse_int(token: str) -> int:
         if len(token) - token.startswith("-") > max_int_digits:

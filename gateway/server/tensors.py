@@ -24,7 +24,7 @@ THREAD_DECODE_ELEMENTS = 1 << 14  # BYTES elements are decoded in a Python loop:
 BYTES_FRAME = 4  # each BYTES element carries at least its 4-byte length prefix
 
 # typed-contents field for each datatype (Triton's mapping)
-_TYPED_FIELD = {
+TYPED_FIELD = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
     "INT16": "int_contents",
@@ -145,7 +145,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                     )
                 arr = np.frombuffer(data, dtype=dtype)
         else:
-            field = _TYPED_FIELD.get(tensor.datatype)
+            field = TYPED_FIELD.get(tensor.datatype)
             if field is None:
                 raise InvalidInput(f"{_label(name)}: {tensor.datatype} must be sent as raw content")
             values = getattr(tensor.contents, field)
