@@ -46,5 +46,10 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
+# the container image localhost/sealgate:0.1.0 (Containerfile): debootstrap + buildah, needs root; not in `test`
+.PHONY: image
+image: $(STAMP)
+	PY=$(BIN)/python sh deploy/container/build.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -6,7 +6,11 @@ for each server, its process's CPU time per request (all threads, from /proc), a
 server runs in its own process; the load generator in this one.
 
     python bench/serve_bench.py [--seconds 5] [--concurrency 1 16 64] [--repeats 3] [--intra-op-threads 0]
-                                [--baseline-ref GIT_REF]
+                                [--baseline-ref GIT_REF] [--isolated]
+
+With `--isolated`, another server runs in the same run: the gateway with `[backend] isolation = "process"`
+(the model in a sandboxed worker process), and an "isolated / in-process" table gives the cost of isolation
+(CPU per request then counts the gateway and its workers).
 
 With `--baseline-ref`, a third server runs in the same run: the gateway as it was at that commit (checked out
 into a temporary git worktree), so a change's cost is a ratio measured on the same machine at the same time
@@ -53,12 +57,17 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (isolated model workers), all threads
+    (Linux /proc; NaN elsewhere)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total if Path(f"/proc/{pid}").exists() else float("nan")
 
 
 async def load(
@@ -116,6 +125,11 @@ def main() -> None:
         default="",
         help="also run the gateway of this git commit (a temporary worktree) and report after/before ratios",
     )
+    ap.add_argument(
+        "--isolated",
+        action="store_true",
+        help='also run the gateway with [backend] isolation = "process" and report isolated/in-process ratios',
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-"))
     gw_port, rest_port, bare_port = free_loopback_port(), free_loopback_port(), free_loopback_port()
@@ -153,6 +167,25 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     servers = {"bare": (bare_port, bare), "gw": (gw_port, gw)}
+    if args.isolated:
+        iso_port, iso_rest = free_loopback_port(), free_loopback_port()
+        iso_toml = work / "isolated.toml"
+        iso_toml.write_text(
+            (work / "sealgate.toml")
+            .read_text()
+            .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{iso_port}")
+            .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{iso_rest}")
+            .replace('path = "audit.log"', 'path = "isolated-audit.log"')
+            + 'isolation = "process"\n'  # [backend] is the file's last section
+        )
+        iso = subprocess.Popen(
+            [py, "-m", "gateway.cli", "serve", "--config", str(iso_toml)],
+            cwd=work,
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        servers["iso"] = (iso_port, iso)
     baseline_tree: Path | None = None
     if args.baseline_ref:
         baseline_tree = work / "baseline-tree"
@@ -192,6 +225,7 @@ def main() -> None:
             f"{'p50 ms':>7} {'p99 ms':>7} {'cpu/req':>8} | {'rps ratio':>9} {'p50 ratio':>9}"
         )
         befores: list[str] = []
+        isolated: list[str] = []
         for c in args.concurrency:
             runs: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
             for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every server alike
@@ -204,12 +238,23 @@ def main() -> None:
                 f"{g['rps']:>11.0f} {g['p50_ms']:>7.2f} {g['p99_ms']:>7.2f} {g['cpu_us']:>6.0f}us | "
                 f"{g['rps'] / b['rps']:>9.2f} {g['p50_ms'] / b['p50_ms']:>9.2f}"
             )
+            if "iso" in med:
+                i = med["iso"]
+                isolated.append(
+                    f"{c:>4} | {i['rps']:>12.0f} {i['p50_ms']:>7.2f} {i['p99_ms']:>7.2f} {i['cpu_us']:>6.0f}us | "
+                    f"{i['rps'] / g['rps']:>18.3f} {i['p50_ms'] / g['p50_ms']:>18.3f}"
+                )
             if "before" in med:
                 o = med["before"]
                 befores.append(
                     f"{c:>4} | {o['rps']:>11.0f} {o['p50_ms']:>7.2f} {o['cpu_us']:>6.0f}us | "
                     f"{g['rps'] / o['rps']:>16.3f} {g['p50_ms'] / o['p50_ms']:>16.3f}"
                 )
+        if isolated:
+            print('\nisolation = "process" against the in-process gateway above (same run, interleaved):')
+            head = f"{'conc':>4} | {'isolated rps':>12} {'p50 ms':>7} {'p99 ms':>7} {'cpu/req':>8} |"
+            print(f"{head} {'rps isolated/in-p':>18} {'p50 isolated/in-p':>18}")
+            print("\n".join(isolated))
         if befores:
             print(f"\nthis tree against the gateway at {args.baseline_ref} (same run, interleaved):")
             head = f"{'conc':>4} | {'before rps':>11} {'p50 ms':>7} {'cpu/req':>8} |"

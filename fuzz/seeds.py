@@ -259,6 +259,7 @@ GENERATORS: dict[str, Callable[[], Seeds]] = {
     "artifact": artifact_seeds,
     "jwt": jwt_seeds,
     "rest": rest_seeds,
+    "xfcc": lambda: __import__("fuzz.fuzz_xfcc", fromlist=["seeds"]).seeds(),  # issue 15: its seeds live with it
 }
 
 

@@ -33,6 +33,7 @@ from rich.markup import escape  # noqa: E402 (after the environment above)
 from gateway.errors import ConfigError, SealgateError  # noqa: E402 (after the environment above)
 
 if TYPE_CHECKING:
+    import numpy as np
     from rich.progress import Progress
 
     from gateway.config import Config
@@ -101,6 +102,26 @@ console = Console(stderr=True)
 out = Console()
 
 CertsDir = Annotated[Path, typer.Option("--dir", help="Folder of the dev PKI and keys.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
+
+
+def _show_version(value: bool) -> None:
+    """`sealgate --version`: sealgate's version and its runtimes', then exit (eager: before any command)."""
+    if value:
+        from gateway.ops.jsonout import version_info, version_line
+
+        typer.echo(version_line(version_info()))
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version, help="Show the versions and exit."),
+    ] = False,
+) -> None:
+    """Deploy machine-learning models privately: seal, serve, improve under DP, release."""
 
 
 def main() -> None:
@@ -242,12 +263,18 @@ def token(
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
     bind_cert: Annotated[Path | None, typer.Option(help="Bind to this client certificate (RFC 8705).")] = None,
     dir: CertsDir = Path("certs"),
+    as_json: Json = False,
 ) -> None:
     """Mint a development JWT signed by the dev issuer key."""
     from gateway.auth.tokens import mint_token
 
     cert = bind_cert.read_bytes() if bind_cert else None
     jwt = mint_token(dir / "jwt-issuer.key", dir / "jwks.json", sub, scope.split(), ttl=ttl, bind_cert=cert)
+    if as_json:
+        from gateway.ops.jsonout import emit, token_claims
+
+        emit({"token": jwt, **token_claims(jwt)})
+        return
     out.print(jwt, highlight=False, soft_wrap=True)
 
 
@@ -272,11 +299,17 @@ def verify(
     path: Path,
     pub: Annotated[Path, typer.Option(help="Signer's ECDSA P-256 public key (PEM).")],
     signature: Annotated[Path | None, typer.Option(help="Signature file (default PATH/model.sig).")] = None,
+    as_json: Json = False,
 ) -> None:
     """Verify an OpenSSF Model Signing signature over a model folder."""
     from gateway.artifact.signing import verify_directory
 
     verify_directory(path, pub, signature)
+    if as_json:
+        from gateway.ops.jsonout import emit
+
+        emit({"verified": True, "path": str(path), "public_key": str(pub)})
+        return
     out.print(f"verified {path}", highlight=False)
 
 
@@ -338,11 +371,16 @@ def unseal(
 
 
 @app.command("inspect")
-def inspect_cmd(sealed: Path) -> None:
+def inspect_cmd(sealed: Path, as_json: Json = False) -> None:
     """Print a sealed artifact's header; needs no key."""
-    from gateway.artifact.render import render_header
+    from gateway.artifact.render import describe_unverified, render_header
     from gateway.artifact.sealed import inspect
 
+    if as_json:
+        from gateway.ops.jsonout import emit
+
+        emit(describe_unverified(inspect(sealed)))
+        return
     typer.echo(render_header(inspect(sealed)))
 
 
@@ -447,6 +485,7 @@ def _progress(label: str) -> tuple[Progress, ProgressFn]:
         TransferSpeedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # no bar (and no stray blank line on stderr) for scripts and probes
     )
     task = bar.add_task(label, total=None)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
@@ -467,19 +506,35 @@ def push(
             "it is never served.",
         ),
     ] = False,
+    canary: Annotated[
+        int, typer.Option("--canary", help="Canary: PERCENT (1-100) of traffic to the new version until promoted.")
+    ] = 0,
+    shadow: Annotated[
+        int, typer.Option("--shadow", help="Shadow: mirror PERCENT of traffic to the new version, answers discarded.")
+    ] = 0,
+    sticky: Annotated[bool, typer.Option("--sticky", help="Canary by caller (token subject), not by request.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Push a sealed artifact to the gateway (scope release:<model>); it serves once verified.
 
     One sealed for other recipients is refused (FAILED_PRECONDITION, nothing stored) unless --store-only.
+    With --canary or --shadow it is judged live beside the serving version, then promoted or rolled back.
     """
     from gateway.artifact.sealed import inspect
     from gateway.release.client import push_summary
+    from gateway.release.rollout import rollout_request
 
     header = inspect(sealed)
+    rollout = rollout_request(canary, shadow, sticky)
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"push {header.name} v{header.version}")
     with client, bar:
-        resp = client.push(sealed, header.name, header.version, progress=update, store_only=store_only)
+        resp = client.push(sealed, header.name, header.version, progress=update, store_only=store_only, rollout=rollout)
+    if as_json:
+        from gateway.ops.jsonout import emit, proto_to_dict
+
+        emit(proto_to_dict(resp))
+        return
     out.print(push_summary(resp), highlight=False)
 
 
@@ -492,6 +547,7 @@ def fetch(
     dir: CertsDir = Path("certs"),
     token: Token = None,
     cert: Cert = None,
+    as_json: Json = False,
 ) -> None:
     """Fetch a sealed artifact (scope fetch:<model>); open it offline with `sealgate unseal`."""
     _require_folder(out_file.parent, "--out")
@@ -499,6 +555,11 @@ def fetch(
     bar, update = _progress(f"fetch {name}")
     with client, bar:
         meta = client.fetch(name, out_file, version, progress=update)
+    if as_json:
+        from gateway.ops.jsonout import emit, proto_to_dict
+
+        emit({**proto_to_dict(meta), "out": str(out_file)})
+        return
     out.print(
         f"fetched {meta.name} v{meta.version} ({meta.size} bytes, sha256 {meta.sha256[:16]}…) -> {out_file}",
         highlight=False,
@@ -515,6 +576,7 @@ def models(
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for a gateway that is still starting (UNAVAILABLE).")
     ] = 0.0,
+    as_json: Json = False,
 ) -> None:
     """List models, versions and their state on the gateway."""
     from rich.table import Table
@@ -523,6 +585,11 @@ def models(
 
     with _client(address, dir, token, cert) as client:
         resp = _list_when_up(client, name, wait)
+    if as_json:
+        from gateway.ops.jsonout import emit, proto_to_dict
+
+        emit(proto_to_dict(resp))
+        return
     table = Table("model", "version", "state", "pinned", "ε", "accuracy", "reason")
     for m in resp.models:
         for v in m.versions:
@@ -538,6 +605,11 @@ def models(
                 v.reason[:60],
             )
     out.print(table)
+    for m in resp.models:  # a canary/shadow in progress, or its decision
+        if m.HasField("rollout"):
+            from gateway.release.rollout import rollout_summary
+
+            out.print(f"{m.name}: {rollout_summary(m.rollout)}", highlight=False)
 
 
 def _list_when_up(client: ReleaseClient, name: str, wait: float) -> release_pb2.ListResponse:
@@ -567,11 +639,75 @@ def rollback(
     dir: CertsDir = Path("certs"),
     token: Token = None,
     cert: Cert = None,
+    as_json: Json = False,
 ) -> None:
     """Serve an earlier version again (scope release:<model> or admin); audited."""
     with _client(address, dir, token, cert) as client:
         resp = client.rollback(name, version, reason)
+    if as_json:
+        from gateway.ops.jsonout import emit, proto_to_dict
+
+        emit(proto_to_dict(resp))
+        return
     out.print(f"{resp.name}: now serving v{resp.version} (was v{resp.previous_version})", highlight=False)
+
+
+@app.command()
+def health(
+    address: Address = "127.0.0.1:8500",
+    dir: CertsDir = Path("certs"),
+    cert: Cert = None,
+    model: Annotated[str, typer.Option(help="Also require this model to be ready (needs a token: infer:MODEL).")] = "",
+    token: Token = None,
+    timeout: Annotated[float, typer.Option(help="Seconds for the whole check.")] = 2.0,
+    server_name: Annotated[str, typer.Option(help="Name the server certificate must carry, if not the host.")] = "",
+    as_json: Json = False,
+) -> None:
+    """Exit 0 and print one line if the gateway serves over mTLS (gRPC Health); else one line on stderr and exit 1
+    (answers, not ready) or 3 (unreachable, TLS failure, timeout). For Kubernetes exec probes and HAProxy checks."""
+    from gateway.ops.health import check
+
+    bearer = ""
+    if model:
+        from gateway.release.client import token_from_env
+
+        bearer = token_from_env(token)
+    result = check(
+        address,
+        dir / "ca.pem",
+        cert or dir / "client.pem",
+        cert.with_suffix(".key") if cert else dir / "client.key",
+        timeout_s=timeout,
+        model=model,
+        token=bearer,
+        server_name=server_name,
+    )
+    if not result.ok:
+        _fail(result.line(), result.exit_code)
+    if as_json:
+        from gateway.ops.jsonout import emit
+
+        emit(result.to_json())
+        return
+    typer.echo(result.line())
+
+
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    metrics_url: Annotated[
+        str, typer.Option(help="The gateway's metrics listener ([server] metrics_address).")
+    ] = "http://127.0.0.1:8502/metrics",
+    top: Annotated[int, typer.Option(help="Features shown per version, highest PSI first.")] = 10,
+    threshold: Annotated[
+        float | None, typer.Option(help="PSI above which inputs drifted (default: the gateway's psi_threshold).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Drift of a model's live inputs against its release reference: PSI per feature, max PSI, DRIFT/OK."""
+    from gateway.monitor.report import show
+
+    show(metrics_url, model, top=top, threshold=threshold, as_json=as_json, console=out)
 
 
 # --- release path ----------------------------------------------------------------------------------
@@ -605,6 +741,12 @@ def release_cmd(
         bool, typer.Option("--allow-no-dp", help="Let a model trained without DP pass the privacy gates.")
     ] = False,
     out_file: Annotated[Path | None, typer.Option("--out", help="Where to keep the sealed file.")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="PUBLIC rows (.npy or .npz x) sealed as reference.npz (explain); default none.")
+    ] = None,
+    reference_rows: Annotated[
+        int, typer.Option(help="How many --reference rows to seal (a seeded sample); 0: none.")
+    ] = 50,
     address: Address = "127.0.0.1:8500",
     dir: CertsDir = Path("certs"),
     token: Token = None,
@@ -613,6 +755,7 @@ def release_cmd(
     """Gates passed → seal → push, in one step; refuses (nothing sealed or pushed) on any failed gate."""
     from gateway.artifact.keys import load_recipient, load_signer
     from gateway.release.commands import load_audit, load_xy
+    from gateway.release.drift_reference import with_drift_reference
     from gateway.release.gates import GateConfig, check
     from gateway.release.publish import release
 
@@ -620,6 +763,7 @@ def release_cmd(
     onnx_bytes = candidate.read_bytes() if candidate.is_file() else (candidate / "model.onnx").read_bytes()
     x, y = load_xy(data)
     prov = _read_json(provenance) if provenance else {}
+    prov = with_drift_reference(prov, x, onnx_bytes, source=f"held-out evaluation data {data.name}")
     gates = GateConfig(
         max_accuracy_drop=max_accuracy_drop,
         max_latency_ratio=max_latency_ratio,
@@ -644,8 +788,21 @@ def release_cmd(
             client=client,
             out=out_file or Path(f"{name}-{version}.sealed"),
             progress=update,
+            reference=_reference_rows(reference, reference_rows),
+            reference_source=f"public data {reference.name}" if reference else "",
         )
     out.print(f"released {resp.name} v{resp.version}: all gates passed, sealed and pushed", highlight=False)
+
+
+def _reference_rows(path: Path | None, rows: int) -> np.ndarray | None:
+    """The public rows `release` seals as reference.npz (gateway/release/reference.py); None without
+    --reference: every recipient can read them, so evaluation data is never packed by default."""
+    from gateway.release import reference as reference_data
+    from gateway.release.commands import load_x
+
+    if rows < 0:
+        raise ConfigError("--reference-rows must be >= 0")
+    return reference_data.sample(load_x(path), rows) if path and rows else None
 
 
 # --- federated -------------------------------------------------------------------------------------
@@ -675,6 +832,8 @@ BENCHES = {
     "serve": "serve_bench.py",
     "optimize": "optimize.py",
     "privacy": "fl_privacy_utility.py",
+    "batch": "batch_bench.py",  # dynamic batching and front-end workers on a heavy MLP
+    "explain": "explain_bench.py",  # latency per explanation (KernelSHAP, occlusion) on the digits MLP
 }
 
 

@@ -44,6 +44,7 @@ class ServerConfig:
     rest_max_header_bytes: int = 16384  # request head (431 beyond)
     rest_max_target_bytes: int = 2048  # request target (414 beyond)
     max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
+    workers: int = 1  # front-end processes sharing the ports (SO_REUSEPORT), run by a supervisor when > 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class TlsConfig:
     key: Path = Path("certs/server.key")
     require_client_auth: bool = True
     crl: str = ""  # the client CA's CRL (PEM or DER), enforced on every authorized call; empty: none
+    mode: str = "direct"  # "proxy": behind a mesh, the client identity comes from x-forwarded-client-cert
+    proxy_identities: tuple[str, ...] = ()  # proxy mode: the proxies' certificates, uri:/dns:/cn:/spiffe://
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,83 @@ class BackendSection:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
+    isolation: str = "none"  # "process": each model version runs in a sandboxed worker process (no keys, no files)
+    worker_deadline_s: float = 30.0  # isolation: a call running longer kills its worker (UNAVAILABLE, restarted)
+    worker_restart_backoff_s: float = 0.1  # isolation: wait before the 2nd restart within the window, doubling
+    worker_max_crashes: int = 5  # isolation: this many crashes within worker_crash_window_s mark the model failed
+    worker_crash_window_s: float = 60.0  # isolation: the window, seconds, in which worker_max_crashes are counted
+    worker_slots: int = 2  # isolation: calls one worker runs at once
+
+
+@dataclass(frozen=True)
+class BatchingSection:
+    """Dynamic batching (Triton's semantics), off by default; see gateway/serving/batching.py."""
+
+    enabled: bool = False
+    models: tuple[str, ...] = ()  # models to batch; empty: every model with a dynamic leading dimension
+    max_batch_size: int = 32  # rows per batch; a request with more rows runs alone
+    max_queue_delay_us: int = 500  # the longest the oldest request waits for a fuller batch
+    preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when a batch of one of these sizes forms
+    max_queue_size: int = 1024  # waiting requests per model; beyond: RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Explanations (gateway/explain: sealgate.v1.Explain, REST `:explain`): methods and what a caller may ask."""
+
+    method: str = "kernel_shap"  # the default method: "kernel_shap" or "occlusion"
+    default_nsamples: int = 256  # KernelSHAP coalition samples when a request names none
+    max_nsamples: int = 1024  # the most a request may ask for (INVALID_ARGUMENT beyond); bounds model runs
+    max_per_minute: int = 30  # explained instances per token subject per minute (RESOURCE_EXHAUSTED / 429 beyond)
+    max_instances: int = 8  # instances in one request (INVALID_ARGUMENT beyond)
+    max_concurrent: int = 2  # explanations computed at once, in worker threads (RESOURCE_EXHAUSTED beyond)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Drift monitoring (gateway/monitor): sampled histograms of live inputs against the release's reference."""
+
+    enabled: bool = True  # models whose provenance carries no drift_reference are never monitored
+    sample_rate: float = 0.1  # share of requests whose inputs are binned (0.1: 1 in 10), within (0, 1]
+    psi_threshold: float = 0.2  # a max PSI above this is drift (`sealgate monitor`'s verdict)
+    min_samples: int = 200  # sampled rows before PSI is exported for a model version
+    window_rows: int = 100_000  # PSI covers the last one to two windows of this many sampled rows
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry tracing (gateway/server/tracing.py): a caller's W3C traceparent continues; off by default."""
+
+    enabled: bool = False  # off: no span is made and the hot path tests one attribute
+    exporter: str = "otlp"  # "otlp" (OTLP/gRPC to otlp_endpoint), "console" (standard output) or "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"  # the collector; http:// is plaintext, https:// uses TLS
+    sample_ratio: float = 1.0  # share of new traces recorded; a caller's sampled flag is followed
+    service_name: str = "sealgate"  # the service.name resource attribute
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The server log on standard error (gateway/server/logs.py)."""
+
+    format: str = "text"  # "text" or "json" (one object per line, the audit log's field names)
+    level: str = "info"  # "debug", "info", "warning" or "error"
+
+
+@dataclass(frozen=True)
+class RolloutSection:
+    """Canary/shadow rollouts and runtime failover (gateway/serving/canary.py): when to promote or roll back."""
+
+    promote_after: int = 200  # healthy candidate requests before a canary is promoted
+    min_samples: int = 20  # candidate requests before any regression may roll it back
+    max_error_rate_delta: float = 0.05  # roll back when candidate error rate > stable's + this
+    max_latency_ratio: float = 3.0  # roll back when candidate p99 > this x stable p99
+    max_disagreement: float = 0.05  # roll back when more than this share of compared answers disagree
+    tolerance: float = 1e-4  # absolute and relative tolerance of an answer comparison
+    compare: str = "values"  # "values" (within tolerance) or "argmax" (same top class per row: classifiers)
+    window: int = 500  # outcomes kept per side (bounded reservoir for rates and percentiles)
+    runtime_failover: bool = True  # a default version failing at run time hands over to the previous good one
+    failover_window: int = 50  # recent requests of the default version failover looks at
+    failover_max_errors: int = 10  # backend errors among them that trigger failover
 
 
 @dataclass(frozen=True)
@@ -117,6 +197,12 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     backend: BackendSection = field(default_factory=BackendSection)
+    batching: BatchingSection = field(default_factory=BatchingSection)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
 
     def resolve(self, base: Path) -> Config:
         """A copy with every relative path made absolute against `base`; this config is left as it is."""
@@ -164,6 +250,15 @@ class Config:
             raise ConfigError("[repository] latest must be >= 1")
         if self.repository.version_policy == "specific" and not self.repository.versions:
             raise ConfigError("[repository] versions must list at least one version for policy 'specific'")
+        ro = self.rollout
+        if min(ro.promote_after, ro.min_samples, ro.window, ro.failover_window, ro.failover_max_errors) < 1:
+            raise ConfigError("[rollout] promote_after, min_samples, window and failover_* must be >= 1")
+        if ro.max_error_rate_delta < 0 or ro.max_latency_ratio < 1 or not 0 <= ro.max_disagreement <= 1:
+            raise ConfigError(
+                "[rollout] needs max_error_rate_delta >= 0, max_latency_ratio >= 1, max_disagreement in [0, 1]"
+            )
+        if ro.compare not in ("values", "argmax"):
+            raise ConfigError("[rollout] compare must be 'values' or 'argmax'")
         if self.server.max_concurrent_requests < 0:
             raise ConfigError("[server] max_concurrent_requests must be >= 0 (0: no limit)")
         if self.server.max_message_bytes < 1024:
@@ -180,7 +275,72 @@ class Config:
                 raise ConfigError(f"[server] address {addr!r} must be host:port")
         if self.server.max_concurrent_per_peer < 0:
             raise ConfigError("[server] max_concurrent_per_peer must be >= 0 (0: no limit)")
+        if not 1 <= self.server.workers <= 64:
+            raise ConfigError("[server] workers must be between 1 and 64")
+        be = self.backend
+        if be.isolation not in ("none", "process"):
+            raise ConfigError("[backend] isolation must be 'none' or 'process'")
+        if not (be.worker_deadline_s > 0 and be.worker_crash_window_s > 0 and be.worker_restart_backoff_s >= 0):
+            raise ConfigError("[backend] worker_deadline_s and worker_crash_window_s must be > 0, the backoff >= 0")
+        if be.worker_max_crashes < 1 or not 1 <= be.worker_slots <= 64:
+            raise ConfigError("[backend] worker_max_crashes must be >= 1, worker_slots between 1 and 64")
+        b = self.batching
+        if not 1 <= b.max_batch_size <= 65536 or not 0 <= b.max_queue_delay_us <= 10_000_000 or b.max_queue_size < 1:
+            raise ConfigError(
+                "[batching] needs 1 <= max_batch_size <= 65536, 0 <= max_queue_delay_us <= 10000000, "
+                "max_queue_size >= 1"
+            )
+        if any(type(n) is not int or not 1 <= n <= b.max_batch_size for n in b.preferred_batch_sizes):
+            raise ConfigError("[batching] preferred_batch_sizes must be integers between 1 and max_batch_size")
+        if any(not isinstance(m, str) or not m for m in b.models):
+            raise ConfigError("[batching] models must be a list of model names")
+        _validate_proxy(self.tls)
+        m = self.monitor
+        if not 0 < m.sample_rate <= 1 or not m.psi_threshold > 0 or m.min_samples < 1 or m.window_rows < 1:
+            raise ConfigError(
+                "[monitor] needs 0 < sample_rate <= 1, psi_threshold > 0, min_samples >= 1, window_rows >= 1"
+            )
+        _validate_explain(self.explain)
+        _validate_observability(self.tracing, self.log)
         return self
+
+
+def _validate_proxy(tls: TlsConfig) -> None:
+    """[tls] mode and proxy_identities (gateway/auth/xfcc.py): proxy mode needs client certificates and a proxy."""
+    if tls.mode not in ("direct", "proxy"):
+        raise ConfigError("[tls] mode must be 'direct' or 'proxy'")
+    for entry in tls.proxy_identities:
+        kind, _, value = str(entry).partition(":")
+        if kind not in ("uri", "dns", "cn", "spiffe") or not value.strip(":/ "):
+            raise ConfigError(f"[tls] proxy identity {entry!r} must be uri:URI, dns:NAME, cn:NAME or spiffe://ID")
+    if tls.mode == "proxy" and (not tls.proxy_identities or not tls.require_client_auth):
+        raise ConfigError("[tls] mode 'proxy' needs proxy_identities and require_client_auth = true")
+
+
+def _validate_explain(e: ExplainConfig) -> None:
+    """[explain]: a known default method, 1 <= default_nsamples <= max_nsamples, positive limits."""
+    if e.method not in ("kernel_shap", "occlusion"):
+        raise ConfigError("[explain] method must be 'kernel_shap' or 'occlusion'")
+    if not 1 <= e.default_nsamples <= e.max_nsamples <= 1_000_000:
+        raise ConfigError("[explain] needs 1 <= default_nsamples <= max_nsamples <= 1000000")
+    if e.max_per_minute < 1 or e.max_instances < 1 or e.max_concurrent < 1:
+        raise ConfigError("[explain] max_per_minute, max_instances and max_concurrent must be >= 1")
+
+
+def _validate_observability(t: TracingConfig, log: LogConfig) -> None:
+    """[tracing]: a known exporter, an http(s) endpoint, 0 <= sample_ratio <= 1; [log]: a known format and level."""
+    if t.exporter not in ("otlp", "console", "none"):
+        raise ConfigError("[tracing] exporter must be 'otlp', 'console' or 'none'")
+    if not t.otlp_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("[tracing] otlp_endpoint must be an http:// or https:// URL")
+    if not 0 <= t.sample_ratio <= 1:
+        raise ConfigError("[tracing] sample_ratio must be between 0 and 1")
+    if not 1 <= len(t.service_name) <= 64:
+        raise ConfigError("[tracing] service_name must be 1-64 characters")
+    if log.format not in ("text", "json"):
+        raise ConfigError("[log] format must be 'text' or 'json'")
+    if log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("[log] level must be 'debug', 'info', 'warning' or 'error'")
 
 
 def _build(cls: type, section: str, data: dict[str, Any]) -> Any:

@@ -39,6 +39,10 @@ SEED = 0
 PUBLIC_ROWS = 300  # the model owner's own (public) data; everything else stays on the clients
 LATENCY_TRIES = 3  # the latency gate is measured up to this many times when it alone fails; the best ratio counts
 LATENCY_CALLS = 2000  # timed batch-1 calls per model and measurement (interleaved in rounds, see runtime.p50_latencies)
+DRIFT_SOURCE = "the owner's public split (histograms only)"  # data of the drift reference in provenance
+REFERENCE_SOURCE = "the owner's public split (50 rows)"  # reference.npz, the background of explanations
+CANARY_PERCENT = 25  # v2's share of traffic while the gateway judges it against v1
+CANARY_PROMOTE_AFTER = 100  # healthy v2 answers before the gateway promotes it ([rollout] in the demo config)
 RAY_TRIES = 3  # Ray start-up attempts (each waits up to Ray's own 30 s for its raylet) before a one-line error
 
 console = Console(stderr=True)
@@ -100,6 +104,11 @@ poll_interval_s = 0.5
 
 [audit]
 path = "audit.log"
+
+[rollout]
+promote_after = {CANARY_PROMOTE_AFTER}
+compare = "argmax"
+max_disagreement = 0.25
 """
     )
     return path
@@ -130,6 +139,34 @@ def gateway_p50_ms(client: Any, headers: dict[str, str], x: np.ndarray, calls: i
     return statistics.median(times) * 1e3
 
 
+def explain_prediction(port: int, certs: Path, x: np.ndarray, nsamples: int = 256) -> Any:
+    """Explain the gateway's answer for one digit (gRPC sealgate.v1.Explain, scope explain:digits, KernelSHAP
+    against the public reference.npz sealed with the model) and print the pixels that drove it."""
+    import grpc
+
+    from gateway.auth.tokens import mint_token
+    from gateway.protos.sealgate.v1 import explain_pb2, explain_pb2_grpc
+
+    console.print("    explain that answer for one held-out digit (KernelSHAP over the sealed public reference rows)")
+    tok = mint_token(certs / "jwt-issuer.key", certs / "jwks.json", "demo-analyst", [f"explain:{MODEL}"], ttl=600)
+    pem = [(certs / name).read_bytes() for name in ("ca.pem", "client.key", "client.pem")]
+    with grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(*pem)) as channel:
+        request = explain_pb2.ExplainRequest(
+            model_name=MODEL, instances=[explain_pb2.Instance(values=x.tolist())], nsamples=nsamples
+        )
+        stub = explain_pb2_grpc.ExplainStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
+        answer = stub.Explain(request, metadata=(("authorization", f"Bearer {tok}"),), timeout=120)
+    e = answer.explanations[0]
+    top = sorted(range(len(e.values)), key=lambda i: -abs(e.values[i]))[:5]
+    pixels = ", ".join(f"({i // 8},{i % 8}) {e.values[i]:+.2f}" for i in top)
+    console.print(
+        f"    v{answer.model_version} says {e.target} (score {e.output:.2f}, reference mean {e.base_value:.2f}); "
+        f"{answer.evaluations:,} model rows; top pixels (row,col): {pixels}; "
+        f"base + Σ values - output = {e.base_value + sum(e.values) - e.output:.1e}"
+    )
+    return answer
+
+
 def run_demo(
     workdir: Path = Path("sealgate-demo"),
     clients: int = 5,
@@ -148,10 +185,13 @@ def run_demo(
     from gateway.auth import pki
     from gateway.auth.tokens import mint_token
     from gateway.config import load_config
+    from gateway.release import drift_reference
+    from gateway.release import reference as reference_data
     from gateway.release.client import GatewayTarget, ReleaseClient
     from gateway.release.gates import GateConfig, check
     from gateway.release.optimize import OptimizeOptions, optimize
     from gateway.release.publish import release
+    from gateway.release.rollout import rollout_request
     from gateway.server.app import GatewayThread
 
     _quiet_third_party()
@@ -182,6 +222,7 @@ def run_demo(
     v1_dir.mkdir()
     v1_onnx = export_onnx(baseline.state_dict(), DigitsMLP, v1_dir / "model.onnx", 64)
     (v1_dir / "weights.safetensors").write_bytes(save_weights(baseline.state_dict()))
+    reference_record = reference_data.write(v1_dir, x_pub, source=REFERENCE_SOURCE)  # reference.npz: explanations
     seal_to_file(
         v1_dir,
         models / MODEL / "1.sealed",
@@ -192,6 +233,8 @@ def run_demo(
         provenance={
             "metrics": {"accuracy": base_acc_local},
             "training": {"rows": PUBLIC_ROWS, "mechanism": "central, public split, no DP"},
+            "reference": reference_record,
+            drift_reference.KEY: drift_reference.reference_for(x_pub, "input", source=DRIFT_SOURCE),
         },
     )
     console.print(f"    sealed v1 (local held-out accuracy {base_acc_local:.3f}) -> models/{MODEL}/1.sealed")
@@ -215,6 +258,7 @@ def run_demo(
         acc1, version = gateway_accuracy(client, headers, x_te, y_te)
         p50_1 = gateway_p50_ms(client, headers, x_te)
         console.print(f"    v{version}: accuracy {acc1:.4f} on {len(y_te)} held-out rows, p50 {p50_1:.2f} ms")
+        explain_prediction(gw.grpc_port, certs, x_te[0])
 
         target = GatewayTarget(
             f"127.0.0.1:{gw.grpc_port}",
@@ -282,6 +326,7 @@ def run_demo(
             "privacy": privacy,
             "optimization": opt.record,
             "federated": {"rounds": len(fl.rows), "clients": clients},
+            drift_reference.KEY: drift_reference.reference_for(x_pub, "input", source=DRIFT_SOURCE),
         }
         gates = GateConfig(
             max_accuracy_drop=3.0,
@@ -293,7 +338,7 @@ def run_demo(
         report = gate_report(lambda: check(opt.onnx, v1_onnx, x_te, y_te, gates, provenance))
         console.print(report.table())
 
-        _step(8, "seal v2 and push; the gateway verifies, smoke-tests and swaps")
+        _step(8, f"seal v2, push it as a {CANARY_PERCENT}% canary; the gateway judges it live, then promotes it")
         provenance["metrics"] = {"accuracy": report.facts["accuracy_percent"] / 100.0}
         with ReleaseClient(target) as rc:
             release(
@@ -306,7 +351,11 @@ def run_demo(
                 recipients=recipients,
                 client=rc,
                 out=workdir / "v2.sealed",
+                reference=reference_data.sample(x_pub),
+                reference_source=REFERENCE_SOURCE,
+                rollout=rollout_request(canary=CANARY_PERCENT),
             )
+        canary_until_decided(client, headers, x_te, target)
         _wait_version(client, headers, x_te, "2")
         acc2, version = gateway_accuracy(client, headers, x_te, y_te)
         p50_2 = gateway_p50_ms(client, headers, x_te)
@@ -328,6 +377,39 @@ def run_demo(
     (workdir / "demo-summary.json").write_text(json.dumps(asdict(result), indent=2, default=str))
     _print_table(result)
     return result
+
+
+def canary_until_decided(
+    client: Any, headers: dict[str, str], x: np.ndarray, target: Any, max_calls: int = 4000
+) -> str:
+    """Send real traffic while v2 is a canary until the gateway promotes or rolls it back; print the live
+    comparison (`sealgate models`' line) and which versions answered. Returns the decision."""
+    import tritonclient.grpc as grpcclient
+
+    from gateway.errors import GateFailed
+    from gateway.release.client import ReleaseClient
+    from gateway.release.rollout import rollout_summary
+
+    answered: dict[str, int] = {}
+    live, decision = "", ""
+    with ReleaseClient(target) as rc:
+        for i in range(max_calls):
+            inp = grpcclient.InferInput("input", [1, x.shape[1]], "FP32")
+            inp.set_data_from_numpy(x[i % len(x)][None].astype(np.float32))
+            version = client.infer(MODEL, [inp], headers=headers).get_response().model_version
+            answered[version] = answered.get(version, 0) + 1
+            if i % 50 == 49:
+                state = rc.list(MODEL).models[0].rollout
+                if state.mode:
+                    live = rollout_summary(state)
+                elif state.decision:
+                    decision = str(state.decision)
+                    break
+    console.print(f"    live: {live}")
+    console.print(f"    answers by version: {dict(sorted(answered.items()))}; decision: {decision}")
+    if not decision.startswith("promote"):
+        raise GateFailed(f"the canary did not promote v2: {decision or 'undecided'}")
+    return decision
 
 
 def gate_report(run: Callable[[], GateReport], tries: int = LATENCY_TRIES) -> GateReport:

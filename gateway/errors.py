@@ -83,6 +83,15 @@ class Overloaded(SealgateError):
     """More requests in progress than the server takes (`[server] max_concurrent_requests`)."""
 
 
+class RateLimited(Overloaded):
+    """More explanations than a token subject may ask for in a minute (`[explain] max_per_minute`)."""
+
+
+class NotExplainable(SealgateError):
+    """A model version that cannot be explained: no usable reference data (`reference.npz`), or an input
+    explanations do not support."""
+
+
 # --- auth -----------------------------------------------------------------------------------------
 class Unauthenticated(SealgateError):
     """No token, or a token that does not verify. `reason` feeds metrics, never the token itself."""

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from gateway.errors import PermissionDenied
 
-ACTIONS = frozenset({"infer", "fetch", "release", "admin"})
+ACTIONS = frozenset({"infer", "explain", "fetch", "release", "admin"})  # explain: not implied by infer
 ADMIN = "admin"
 ALL_MODELS = "*"
 

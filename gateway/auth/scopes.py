@@ -5,6 +5,7 @@ scope that policy would never match: a bare `*`, an unknown action, `admin:<mode
 impossible model name. What each valid scope grants:
 
 - `infer:<model>`: inference on that model (gRPC ModelInfer/ModelStreamInfer/metadata, REST predict/status);
+- `explain:<model>`: explanations of its answers (sealgate.v1.Explain, REST `:explain`); `infer` does not imply it;
 - `fetch:<model>`: download its sealed artifact (Release.Fetch);
 - `release:<model>`: push a new version or roll back (Release.Push, Release.Rollback);
 - `<action>:*`: that action on every model (`infer:*`, `fetch:*`, `release:*`);

@@ -54,6 +54,9 @@ class LoadedModel(Protocol):
         ...
 
 
+ISOLATIONS = ("none", "process")
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """How backends run models: ONNX Runtime execution providers in order of preference, and threads.
@@ -65,10 +68,24 @@ class BackendConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    isolation: str = "none"  # "process": each model version in a sandboxed worker (gateway/backends/isolated)
+    worker_deadline_s: float = 30.0  # a call running longer kills its worker (Unavailable, restart)
+    worker_restart_backoff_s: float = 0.1  # wait before the 2nd restart in a window, doubling (5 s at most)
+    worker_max_crashes: int = 5  # this many crashes within the window mark the model failed
+    worker_crash_window_s: float = 60.0
+    worker_slots: int = 2  # calls one worker runs at once (each slot: a socket and its part of the region)
+    max_message_bytes: int = 4 << 20  # sizes each slot's part of the worker's shared tensor region
+    landlock: bool = True  # workers sandbox themselves where the kernel can (off only in tests)
 
     def __post_init__(self) -> None:
-        """Refuse negative thread counts and a bare string where a tuple of providers belongs."""
+        """Refuse negative thread counts, a bare string of providers, and impossible worker settings."""
         if isinstance(self.providers, str):
             raise ConfigError("backend providers must be a sequence of provider names, not one string")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("backend thread counts must be 0 (runtime default) or positive")
+        if self.isolation not in ISOLATIONS:
+            raise ConfigError(f"backend isolation must be one of {', '.join(ISOLATIONS)}, not {self.isolation!r}")
+        if not (self.worker_deadline_s > 0 and self.worker_crash_window_s > 0 and self.worker_restart_backoff_s >= 0):
+            raise ConfigError("worker deadline and crash window must be positive, the restart backoff not negative")
+        if self.worker_max_crashes < 1 or self.max_message_bytes < 1 or not 1 <= self.worker_slots <= 64:
+            raise ConfigError("worker_max_crashes and max_message_bytes must be >= 1, worker_slots 1 to 64")

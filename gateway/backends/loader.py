@@ -38,8 +38,13 @@ def detect_framework(files: Mapping[str, bytes]) -> str:
     return registry.detect(files).name
 
 
-def load_model(files: Mapping[str, bytes], config: BackendConfig | None = None) -> LoadedModel:
-    """Check the paths, pick the backend from the registry and load the model with it."""
+def load_model(files: Mapping[str, bytes], config: BackendConfig | None = None, label: str = "") -> LoadedModel:
+    """Check the paths, pick the backend from the registry and load the model with it (in a sandboxed
+    worker process with `isolation = "process"`); `label` ("name:version") names it in worker events."""
     config = config if config is not None else BackendConfig()
     check_paths(files)
+    if config.isolation == "process":
+        from gateway.backends.isolated import load_isolated
+
+        return load_isolated(files, config, label)
     return registry.detect(files).load(files, config)

@@ -168,8 +168,9 @@ class OnnxModel:
         self._session = None
 
 
-def load_onnx(model_path: str, files: Mapping[str, bytes], config: BackendConfig) -> OnnxModel:
-    """Build an OnnxModel from the opened files, `model_path` naming the .onnx file among them."""
+def prepare_onnx(model_path: str, files: Mapping[str, bytes]) -> tuple[bytes, dict[str, bool]]:
+    """Parse, inline external data and check the model policy (in the gateway's process): the checked bytes
+    ONNX Runtime may load, and whether each graph input/output declares a rank."""
     data = files[model_path]
     proto = ModelProto()
     try:
@@ -180,8 +181,18 @@ def load_onnx(model_path: str, files: Mapping[str, bytes], config: BackendConfig
     checked = checked_model_bytes(proto)  # the policy's check and ORT's input are the same bytes
     ranks = _declared_ranks(proto)
     del proto
+    return checked, ranks
 
-    options = _session_options(config)
+
+def session_model(
+    model_path: str,
+    checked: bytes,
+    ranks: Mapping[str, bool],
+    config: BackendConfig,
+    options: ort.SessionOptions | None = None,
+) -> OnnxModel:
+    """An OnnxModel on a session built from bytes `prepare_onnx` checked (here or in an isolated worker)."""
+    options = options if options is not None else _session_options(config)
     providers = resolve_providers(config.providers, ort.get_available_providers())
     try:
         session = ort.InferenceSession(checked, options, providers=providers)
@@ -196,3 +207,9 @@ def load_onnx(model_path: str, files: Mapping[str, bytes], config: BackendConfig
     outputs = tuple(_spec(arg, ranks.get(arg.name, True)) for arg in session.get_outputs())
     log.info("loaded ONNX model %s on %s", model_path, ", ".join(active))
     return OnnxModel(session, inputs, outputs)
+
+
+def load_onnx(model_path: str, files: Mapping[str, bytes], config: BackendConfig) -> OnnxModel:
+    """Build an OnnxModel from the opened files, `model_path` naming the .onnx file among them."""
+    checked, ranks = prepare_onnx(model_path, files)
+    return session_model(model_path, checked, ranks, config)

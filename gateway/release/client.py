@@ -76,13 +76,21 @@ class ReleaseClient:
             raise RemoteError(err.code(), err.details() or "") from None
 
     def push(
-        self, path: Path, name: str, version: int, progress: Progress | None = None, *, store_only: bool = False
+        self,
+        path: Path,
+        name: str,
+        version: int,
+        progress: Progress | None = None,
+        *,
+        store_only: bool = False,
+        rollout: pb.RolloutRequest | None = None,
     ) -> pb.PushResponse:
         """Upload a sealed file; the gateway verifies it before storing it.
 
         `store_only` asks the gateway to keep an artifact it cannot open (sealed for other recipients)
         for Fetch only; without it such a push is refused. `already_stored` in the answer says the
         gateway held these exact bytes already (a retried push whose first attempt landed included).
+        `rollout` makes the version a canary or shadow candidate beside the serving one.
         """
         path = Path(path)
         size = path.stat().st_size
@@ -91,6 +99,8 @@ class ReleaseClient:
             while block := fh.read(CHUNK):
                 h.update(block)
         meta = pb.ArtifactMetadata(name=name, version=version, size=size, sha256=h.hexdigest(), store_only=store_only)
+        if rollout is not None:
+            meta.rollout.CopyFrom(rollout)
 
         def requests() -> Iterator[pb.PushRequest]:
             yield pb.PushRequest(metadata=meta)

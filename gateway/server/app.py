@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,22 +27,28 @@ from gateway.auth.authorizer import Authorizer
 from gateway.auth.jwt_verify import TokenVerifier
 from gateway.auth.revocation import RevocationList
 from gateway.auth.tls import server_credentials, ssl_context_for_rest
+from gateway.auth.xfcc import ProxyTrust
 from gateway.backends import BackendConfig
+from gateway.backends.isolated import worker_settings
 from gateway.config import Config
+from gateway.explain.engine import Explainer
 from gateway.fsutil import enter_private_cwd
+from gateway.monitor.live import drift_monitor
 from gateway.protos import pool
 from gateway.protos.inference import grpc_service_pb2 as inference_pb2
 from gateway.protos.inference import grpc_service_pb2_grpc as inference_grpc
 from gateway.protos.reflection.v1 import reflection_pb2 as reflection_v1_pb2
 from gateway.protos.reflection.v1 import reflection_pb2_grpc as reflection_v1_grpc
-from gateway.protos.sealgate.v1 import release_pb2, release_pb2_grpc
+from gateway.protos.sealgate.v1 import explain_pb2, explain_pb2_grpc, release_pb2, release_pb2_grpc
 from gateway.protos.tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
+from gateway.server import logs
 from gateway.server.dataplane import DataPlane
+from gateway.server.explain import ExplainService
 from gateway.server.guard import Guard, PeerCache
 from gateway.server.inference import InferenceService
 from gateway.server.limits import BACKSTOP_FACTOR, Slots
@@ -55,7 +60,11 @@ from gateway.server.reflection_v1 import SERVICE_NAME as REFLECTION_V1
 from gateway.server.reflection_v1 import PublicReflectionV1
 from gateway.server.release import ReleaseService
 from gateway.server.rest import RestLimits, RestServer
+from gateway.server.rollouts import audit_hook, rollout_settings
 from gateway.server.tfserving import ModelService, PredictionService
+from gateway.server.tracing import Tracing
+from gateway.server.worker_events import watch_workers
+from gateway.serving.batching import Batching
 from gateway.serving.manager import ModelManager
 from gateway.serving.policy import VersionPolicy
 from gateway.serving.repository import Repository
@@ -64,7 +73,7 @@ log = logging.getLogger("sealgate.server")
 HEALTH_SYNC_S = 0.5
 
 
-def build_manager(config: Config) -> ModelManager:
+def build_manager(config: Config, batching: Batching | None = None) -> ModelManager:
     """The model manager of a config: repository, identities, trust store, backend, version policy."""
     repo_cfg = config.repository
     policy = (
@@ -76,9 +85,15 @@ def build_manager(config: Config) -> ModelManager:
         Repository(repo_cfg.path),
         [load_identity(p) for p in config.keys.identities],
         TrustStore.of([load_trusted(p) for p in config.keys.trusted_signers]),
-        BackendConfig(tuple(config.backend.providers), config.backend.intra_op_threads),
+        BackendConfig(
+            tuple(config.backend.providers),
+            config.backend.intra_op_threads,
+            **worker_settings(config.backend, config.server.max_message_bytes),  # [backend] isolation
+        ),
         policy=policy,
         poll_interval=repo_cfg.poll_interval_s,
+        wrap_model=batching.wrap if batching is not None else None,
+        rollout=rollout_settings(config),
     )
 
 
@@ -101,12 +116,26 @@ class Gateway:
             leeway=config.auth.leeway_s,
             max_lifetime=config.auth.max_token_lifetime_s,
         )
-        self.manager = build_manager(config)
+        self.batching = Batching.of(config.batching) if config.batching.enabled else None
+        if self.batching is not None:  # batch-size and queue-time histograms on the same /metrics
+            self.metrics.registry.register(self.batching.stats)
+        self.manager = build_manager(config, self.batching)
         self.recorder = CallRecorder(self.audit, self.metrics)
         revocation = RevocationList(Path(config.tls.crl), config.tls.ca) if config.tls.crl else None
-        self.guard = Guard(Authorizer(verifier, revocation=revocation, client_ca=config.tls.ca), self.recorder)
+        authorizer = Authorizer(verifier, revocation=revocation, client_ca=config.tls.ca)
+        proxy = ProxyTrust(config.tls.mode, config.tls.proxy_identities, authorizer.check_peer)
+        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None  # spans: server/tracing.py
+        self.guard = Guard(authorizer, self.recorder, proxy, self.tracing)
         self.manager.metrics = self.metrics
+        self.manager.audit_hook = audit_hook(self.recorder)  # rollout decisions and failover, audited
+        self._unwatch_workers = watch_workers(self.audit, self.metrics.registry, config.backend.isolation)
         self.dataplane = DataPlane(self.manager)
+        self.metrics.registry.register(self.dataplane.histograms)  # per-model queue / compute time
+        if self.tracing is not None:
+            self.dataplane.tracing = self.tracing
+            self.manager.trace_steps(self.tracing.step)
+        self.dataplane.monitor = drift_monitor(config.monitor, self.manager, self.metrics.registry)
+        self.explainer = Explainer(config.explain)  # gRPC Explain and REST :explain share it (one rate limit)
         # every gRPC service the server registers, by full name: reflection lists exactly these
         self.services: dict[str, object] = {}
         self.grpc_port = 0
@@ -132,7 +161,7 @@ class Gateway:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 4 << 20)),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if cfg.server.workers > 1 else 0),  # workers share the port
             ],
         )
         peers = self._peers
@@ -146,6 +175,8 @@ class Gateway:
         self._add(prediction_service_pb2, "PredictionService", PredictionService(*tfs), add_predict)
         add_status = model_service_pb2_grpc.add_ModelServiceServicer_to_server
         self._add(model_service_pb2, "ModelService", ModelService(*tfs), add_status)
+        explain = ExplainService(self.dataplane, self.explainer, self.guard, peers, self.grpc_slots)
+        self._add(explain_pb2, "Explain", explain, explain_pb2_grpc.add_ExplainServicer_to_server)
         self._add(health_pb2, "Health", self._health, health_pb2_grpc.add_HealthServicer_to_server)
         pool.mirror(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
         names = (*self.services, reflection.SERVICE_NAME, REFLECTION_V1)
@@ -168,6 +199,8 @@ class Gateway:
                 RestLimits.from_config(cfg.server),
                 self.dataplane,
             )
+            self._rest.reuse_port = cfg.server.workers > 1
+            self._rest.app.explainer = self.explainer
             await self._rest.start()
             self.rest_port = self._rest.port
         if cfg.server.metrics_address:
@@ -215,8 +248,11 @@ class Gateway:
         if self._server:
             await self._server.stop(grace)
         self.manager.stop()
+        self._unwatch_workers()
         self.recorder.close()
         self.audit.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # export the spans still queued
 
 
 class GatewayThread:
@@ -240,7 +276,11 @@ class GatewayThread:
 
 def serve(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; drain, then return 0."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log)  # [log] format and level (text, or JSON lines)
+    if config.server.workers > 1:  # a supervisor of N front-end processes (gateway/server/supervisor.py)
+        from gateway.server.supervisor import supervise
+
+        return supervise(config)
 
     # every path of the config is absolute by now: from here on, a relative path a model names reaches an
     # empty private folder, never the keys beside the config (defence in depth behind the model policy)
@@ -255,12 +295,11 @@ def serve(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
-        print(
+        logs.announce(
+            config.log,
             f"sealgate serving {config.repository.path}: gRPC {config.server.grpc_address} (port {gateway.grpc_port}), "
             f"REST {config.server.rest_address} (port {gateway.rest_port}), "
             f"metrics {config.server.metrics_address or 'off'} (port {gateway.metrics_port or '-'})",
-            file=sys.stderr,
-            flush=True,
         )
         await stop.wait()
         log.info("signal received: draining")

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -22,9 +22,15 @@ from gateway.auth.authorizer import Principal
 from gateway.backends import registry
 from gateway.backends.base import TensorSpec
 from gateway.errors import InvalidInput, NotFound, RollbackRefused, SealgateError, clip
+from gateway.monitor.live import DriftMonitor
 from gateway.server import strict_json
+from gateway.server.phase_metrics import PhaseHistograms
+from gateway.serving.batching import BatchingModel
 from gateway.serving.manager import ModelManager
 from gateway.serving.status import ModelState, ModelStatus, ServedModel
+
+if TYPE_CHECKING:
+    from gateway.server.tracing import Tracing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -190,6 +196,9 @@ class DataPlane:
         """Serve the models of `manager`, recording statistics in `self.stats`."""
         self.manager = manager
         self.stats = Statistics()
+        self.monitor: DriftMonitor | None = None  # set by the gateway when [monitor] is enabled
+        self.histograms = PhaseHistograms()  # per-model queue / compute histograms, on the gateway's /metrics
+        self.tracing: Tracing | None = None  # set by the gateway when [tracing] is enabled: the phases as spans
 
     # --- lookup ---------------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -350,7 +359,9 @@ class DataPlane:
     # --- dispatch -------------------------------------------------------------------------------
     def inline(self, served: ServedModel) -> bool:
         """Whether `served` runs on the event loop (its backend says so) rather than in a worker thread."""
-        return registry.runs_inline(served.model.platform)
+        model = served.model  # an isolated model (runs_inline False) waits on its worker process: off the loop
+        inline = registry.runs_inline(model.platform) and not isinstance(model, BatchingModel)
+        return inline and getattr(model, "runs_inline", True) is not False
 
     def infer_now(
         self, served: ServedModel, inputs: Mapping[str, np.ndarray], requested: Sequence[str] | None = None
@@ -359,10 +370,16 @@ class DataPlane:
         started = time.perf_counter_ns()
         try:
             outputs = served.model.infer(inputs, requested)
-        except BaseException:
+        except BaseException as exc:
             self.stats.record(served.name, served.version, time.perf_counter_ns() - started, False)
+            self.manager.observe(served, (time.perf_counter_ns() - started) / 1e9, exc)  # rollout / failover
             raise
-        self.stats.record(served.name, served.version, time.perf_counter_ns() - started, True)
+        took = time.perf_counter_ns() - started
+        self.stats.record(served.name, served.version, took, True)
+        self.manager.observe(served, took / 1e9, None, inputs, outputs)  # canary judging, shadow mirroring
+        self.histograms.observe_infer(served.name, served.version, took)
+        if self.tracing is not None:
+            self.tracing.phases(served.name, served.version, started, started + took, Phases(infer_ns=took))
         return outputs
 
     async def run(
@@ -391,16 +408,29 @@ class DataPlane:
                 infer_ns = clock() - began
             else:
                 submitted = clock()
-                outputs, began, infer_ns = await asyncio.to_thread(_timed_from, served.model.infer, inputs, requested)
+                infer_async = getattr(served.model, "infer_async", None)  # BatchingModel, IsolatedModel
+                if infer_async is not None:  # queued for a dynamic batch or awaiting a worker: no thread held
+                    outputs, began, infer_ns = await infer_async(inputs, requested)
+                else:
+                    outputs, began, infer_ns = await asyncio.to_thread(
+                        _timed_from, served.model.infer, inputs, requested
+                    )
                 queue_ns = max(0, began - submitted)
             began = clock()
             answer = encode(outputs)
             output_ns = clock() - began
-        except BaseException:
+        except BaseException as exc:
             self.stats.record(served.name, served.version, time.perf_counter_ns() - started, False)
+            self.manager.observe(served, (time.perf_counter_ns() - started) / 1e9, exc)  # rollout / failover
             raise
         phases = Phases(queue_ns, input_ns, infer_ns, output_ns)
         self.stats.record(served.name, served.version, time.perf_counter_ns() - started, True, phases)
+        self.manager.observe(served, infer_ns / 1e9, None, inputs, outputs)  # canary judging, shadow mirroring
+        if self.monitor is not None:  # drift: the monitor samples the inputs the model accepted
+            self.monitor.observe(served, inputs)
+        self.histograms.observe(served.name, served.version, phases)
+        if self.tracing is not None:  # began: when encode began
+            self.tracing.phases(served.name, served.version, started, began + output_ns, phases)
         return answer
 
     async def infer(

@@ -23,12 +23,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from gateway.auth.authorizer import Authorizer, Metadata, Principal
 from gateway.auth.peer import PeerIdentity, peer_from_auth_context
+from gateway.auth.xfcc import ProxyTrust
 from gateway.errors import (
     InvalidInput,
     NotFound,
@@ -41,7 +42,11 @@ from gateway.errors import (
 from gateway.server.limits import Slots, slot_key
 from gateway.server.recorder import CallRecord, CallRecorder
 from gateway.server.status_map import grpc_code, grpc_status
+from gateway.serving.canary import SUBJECT
 from gateway.serving.repository import NAME_PATTERN
+
+if TYPE_CHECKING:
+    from gateway.server.tracing import CallTrace, Tracing
 
 log = logging.getLogger("sealgate.server")
 
@@ -64,6 +69,7 @@ class Call:
         "reason",
         "started",
         "status",
+        "trace",
         "version",
     )
 
@@ -79,6 +85,7 @@ class Call:
         self.reason: str | None = None
         self.metadata: Metadata = ()
         self.started = time.perf_counter()
+        self.trace: CallTrace | None = None  # the call's span, only while tracing (gateway/server/tracing.py)
 
     def __enter__(self) -> Call:
         return self
@@ -96,6 +103,8 @@ class Call:
             else:
                 self.status, self.reason = grpc_status(exc)
                 log.error("unexpected error in %s %s", self.protocol, self.method, exc_info=exc)
+        if self.trace is not None:
+            self.trace.end(self)
         p = self.principal
         self._rec.record(
             CallRecord(
@@ -116,10 +125,19 @@ class Call:
 class Guard:
     """Authorizes calls and records them (audit log + metrics, through the CallRecorder) exactly once each."""
 
-    def __init__(self, authorizer: Authorizer, recorder: CallRecorder) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        recorder: CallRecorder,
+        proxy: ProxyTrust | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.authorizer = authorizer
         self.recorder = recorder
+        self.proxy = proxy or ProxyTrust()  # [tls] mode: the peer a call acts for (x-forwarded-client-cert)
         self.metrics = recorder.metrics
+        if tracing is not None:  # [tracing]: authorize also starts the call's span; off, nothing is wrapped
+            self.authorize = tracing.wrap_authorize(self.authorize)  # type: ignore[method-assign]
 
     def authorize(self, call: Call, metadata: Metadata, action: str | None, model: str = "") -> Principal:
         """Authenticate the call's token and, with an action, require its scope on `model`.
@@ -129,6 +147,7 @@ class Guard:
         """
         call.model = model or call.model
         try:
+            call.peer = self.proxy.resolve(call.peer, metadata)  # behind a mesh: the client the proxy forwards
             if action is None:
                 call.principal = self.authorizer.authenticate(metadata, call.peer)
             elif not NAME_PATTERN.fullmatch(model):
@@ -144,6 +163,7 @@ class Guard:
         except (Unauthenticated, PermissionDenied) as exc:
             self.metrics.auth_failures.labels(exc.reason).inc()
             raise
+        SUBJECT.set(call.principal.subject)  # what a sticky canary rollout hashes
         return call.principal
 
     def check_peer(self, call: Call) -> None:
@@ -175,10 +195,13 @@ class Guard:
         """
         call = Call(self.recorder, protocol, method, peer)
         try:
-            return self.admit(call, metadata, slots)
+            key = self.admit(call, metadata, slots)
         except BaseException as exc:
             call.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        if call.trace is not None:  # the admission's span ends here; each message has its own
+            call.trace.end(call)
+        return key
 
     def call(self, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> Call:
         """A Call to run a body in (`with guard.call(...) as call:`); records it however it ends."""

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -42,6 +42,7 @@ METHODS = frozenset(
         "Rollback",
         "Predict",
         "GetModelStatus",
+        "Explain",
         "Metrics",
         "Health",
         "Health.Check",
@@ -111,6 +112,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.calls = CallStats()
         self.registry.register(self.calls)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds
         self.auth_failures = Counter(
             "sealgate_auth_failures",
             "Refused calls by reason (missing, expired, audience, issuer, algorithm, scope, binding...).",

@@ -24,6 +24,7 @@ from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
 from gateway.server.guard import IN_STREAM, Call, Guard, PeerCache, guarded
 from gateway.server.limits import Slots, slot_key
+from gateway.server.rollouts import push_rollout, rollout_fields
 from gateway.serving.manager import ModelManager
 from gateway.serving.repository import check_name
 from gateway.versions import check_version
@@ -129,7 +130,12 @@ class ReleaseService(pb_grpc.ReleaseServicer):
                 except TimeoutError:
                     raise StreamTimeout("push exceeded the stream deadline") from None
                 result = await asyncio.to_thread(
-                    self.manager.accept_push, meta.name, int(meta.version), tmp, store_only=meta.store_only
+                    self.manager.accept_push,
+                    meta.name,
+                    int(meta.version),
+                    tmp,
+                    store_only=meta.store_only,
+                    **push_rollout(meta.rollout),  # canary / shadow (gateway/server/rollouts.py)
                 )
             tmp = None  # the manager owns (stored or removed) the file now
         finally:
@@ -229,6 +235,9 @@ class ReleaseService(pb_grpc.ReleaseServicer):
                 v.provenance.CopyFrom(prov)
         for name, model in models.items():
             model.serving_version = self.manager.default_version(name) or 0
+            state = self.manager.rollout_state(name)
+            if state is not None:  # a rollout in progress or its last decision
+                model.rollout.CopyFrom(pb.RolloutStatus(**rollout_fields(state)))
         return pb.ListResponse(models=[models[k] for k in sorted(models)])
 
     # --- Rollback -------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import h11
 import numpy as np
 
 from gateway.auth.peer import ANONYMOUS, PeerIdentity, peer_from_cert
-from gateway.config import ServerConfig
+from gateway.config import ExplainConfig, ServerConfig
 from gateway.errors import (
     ConfigError,
     InvalidInput,
@@ -50,7 +50,8 @@ from gateway.errors import (
     Unavailable,
     clip,
 )
-from gateway.server import oip_rest, strict_json, tfs_rest
+from gateway.explain.engine import Explainer
+from gateway.server import explain_rest, oip_rest, strict_json, tfs_rest
 from gateway.server.dataplane import DataPlane, version_to_load
 from gateway.server.guard import Call, Guard
 from gateway.server.inference import EXTENSIONS, SERVER_NAME, SERVER_VERSION
@@ -196,6 +197,7 @@ ROUTES: tuple[Route, ...] = (
     _route(b"POST", _TFS + ":predict", "Predict", "infer", "_predict", "/v1/models/{name}:predict"),
     _route(b"POST", _TFS + ":classify", "Classify", "infer", "_classify", "/v1/models/{name}:classify"),
     _route(b"POST", _TFS + ":regress", "Regress", "infer", "_regress", "/v1/models/{name}:regress"),
+    _route(b"POST", _TFS + ":explain", "Explain", "explain", "_explain", "/v1/models/{name}:explain"),  # KServe V1
     # the Open Inference Protocol
     _route(b"GET", "/v2", "ServerMetadata", None, "_server_metadata", "/v2"),
     _route(b"GET", "/v2/models/stats", "ModelStatisticsAll", None, "_stats", "/v2/models/stats"),
@@ -469,6 +471,15 @@ class _Connection:
         """TF Serving's regress, for a model that declares a regression output (see tfs_rest)."""
         return await self._run_tfs(call, name, version, self.app.regress)
 
+    async def _explain(self, call: Call, name: str, version: int | None) -> Reply:
+        """KServe V1 explain (explain_rest.py): a slot, the body, then the explainer (it runs off the loop)."""
+        served = self._served(call, name, version)
+        with self._slot():
+            query = explain_rest.parse(await self._payload(), self.limits.max_json_depth)
+            subject = call.principal.subject if call.principal is not None else ""
+            result = await self.app.explainer.explain(served, query, subject)
+        return Reply(explain_rest.document(served.name, served.version, result))
+
     async def _run_tfs(
         self, call: Call, name: str, version: int | None, run: Callable[[ServedModel, bytes], bytes]
     ) -> Reply:
@@ -640,6 +651,7 @@ class RestApp:
         self.guard = guard
         self.limits = limits or RestLimits()
         self.slots = Slots(self.limits.max_concurrent, self.limits.max_concurrent_per_peer)
+        self.explainer = Explainer(ExplainConfig())  # the Gateway sets its own (shared with gRPC: one rate limit)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(
@@ -699,10 +711,13 @@ class RestServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_peer: dict[str, int] = {}
+        self.reuse_port = False  # SO_REUSEPORT: several front-end workers share the port
 
     async def start(self) -> None:
         """Bind and start accepting (OSError if the address is taken)."""
-        self._server = await asyncio.start_server(self._accept, self.host, self.port, limit=READ_CHUNK)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, limit=READ_CHUNK, reuse_port=self.reuse_port or None
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property

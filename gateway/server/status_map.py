@@ -16,6 +16,7 @@ from gateway.errors import (
     ConfigError,
     GateFailed,
     InvalidInput,
+    NotExplainable,
     NotFound,
     NotServable,
     Overloaded,
@@ -47,6 +48,7 @@ TABLE: dict[type[SealgateError], Codes] = {
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403),
     ConfigError: (grpc.StatusCode.FAILED_PRECONDITION, 500),
     GateFailed: (grpc.StatusCode.FAILED_PRECONDITION, 412),
+    NotExplainable: (grpc.StatusCode.FAILED_PRECONDITION, 412),  # e.g. a model without reference.npz
 }
 
 # Refusals of the HTTP layer carry their own HTTP status; this is the gRPC code recorded for each.

@@ -6,6 +6,13 @@ the next, applied by `LedgerFile.update` under a thread lock and an flock on `.s
 freshly read file, then written atomically. Several processes sharing a repository therefore serialize,
 and because every transition takes the maximum, none can lower a model's floor. Parsing is strict: an
 unknown, missing or mistyped field refuses the whole file rather than guessing a floor.
+
+Rollouts (gateway/serving/canary.py) add three optional fields, written only when set so that older files
+read and write unchanged: a record's `rollout` (the canary or shadow in progress, so a restart resumes it),
+its `rejected` versions (candidates a rollout rolled back: never served again), and a rollback's `by`
+(`operator`, `canary` or `failover`; absent means operator). The floor rule is unchanged: a rolled-back
+candidate keeps the floor at its version (it was accepted), the stable version below it serves through an
+automatic rollback pin, and the next push must be above the rejected candidate.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ LOCK_NAME = ".sealgate-state.lock"
 STATE_FORMAT = "sealgate-repository-state/1"
 _TOP_FIELDS = frozenset({"format", "models"})
 _RECORD_FIELDS = frozenset({"highest_seen", "pinned", "rollbacks"})
+_RECORD_OPTIONAL = frozenset({"rejected", "rollout"})
 _ROLLBACK_FIELDS = frozenset({"time", "from", "to", "reason"})
+_ROLLBACK_OPTIONAL = frozenset({"by"})
+_ROLLOUT_FIELDS = frozenset({"stable", "candidate", "mode", "percent", "sticky", "started"})
+OPERATOR, CANARY_DECISION, FAILOVER = "operator", "canary", "failover"
+ROLLBACK_BY = (OPERATOR, CANARY_DECISION, FAILOVER)
+ROLLOUT_MODES = ("canary", "shadow")
+MAX_REJECTED = 64  # rejected versions remembered per model (the floor already refuses re-pushes of them)
 
 
 class LedgerFormatError(ValueError):
@@ -46,21 +60,79 @@ class Rollback:
     from_version: int | None
     to_version: int
     reason: str
+    by: str = OPERATOR  # who decided: an operator, a canary's regression check, or runtime failover
 
     def to_json(self) -> dict[str, Any]:
-        """The on-disk form: {"time", "from", "to", "reason"}."""
-        return {"time": self.time, "from": self.from_version, "to": self.to_version, "reason": self.reason}
+        """The on-disk form: {"time", "from", "to", "reason"} (and "by" unless an operator did it)."""
+        doc: dict[str, Any] = {"time": self.time, "from": self.from_version, "to": self.to_version}
+        doc["reason"] = self.reason
+        if self.by != OPERATOR:
+            doc["by"] = self.by
+        return doc
 
     @classmethod
     def parse(cls, doc: object, where: str) -> Rollback:
         """Strictly parse one rollback entry; LedgerFormatError on anything unexpected."""
-        fields = _object(doc, _ROLLBACK_FIELDS, where)
-        time, reason = fields["time"], fields["reason"]
+        fields = _object(doc, _ROLLBACK_FIELDS, where, _ROLLBACK_OPTIONAL)
+        time, reason, by = fields["time"], fields["reason"], fields.get("by", OPERATOR)
         if not isinstance(time, str) or not isinstance(reason, str):
             raise LedgerFormatError(f"{where}: time and reason must be strings")
+        if by not in ROLLBACK_BY:
+            raise LedgerFormatError(f"{where}.by must be one of {', '.join(ROLLBACK_BY)}")
         previous = fields["from"]
         from_version = None if previous is None else _version(previous, f"{where}.from")
-        return cls(time, from_version, _version(fields["to"], f"{where}.to"), reason)
+        return cls(time, from_version, _version(fields["to"], f"{where}.to"), reason, by)
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """A rollout in progress: `candidate` takes `percent` of traffic (canary) or a mirrored share (shadow)
+    beside `stable`, the version that served when it was pushed; `sticky` keeps a subject on one side."""
+
+    stable: int
+    candidate: int
+    mode: str
+    percent: int
+    sticky: bool = False
+    started: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse plans that could not run (the same checks guard pushes and the ledger file)."""
+        if self.mode not in ROLLOUT_MODES:
+            raise InvalidInput(f"rollout mode must be one of {', '.join(ROLLOUT_MODES)}")
+        if type(self.percent) is not int or not 1 <= self.percent <= 100:
+            raise InvalidInput("rollout percent must be an integer from 1 to 100")
+        if check_version(self.candidate) <= check_version(self.stable):
+            raise InvalidInput("a rollout's candidate must be above its stable version")
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form."""
+        return {
+            "stable": self.stable,
+            "candidate": self.candidate,
+            "mode": self.mode,
+            "percent": self.percent,
+            "sticky": self.sticky,
+            "started": self.started,
+        }
+
+    @classmethod
+    def parse(cls, doc: object, where: str) -> RolloutPlan:
+        """Strictly parse a rollout; LedgerFormatError on anything unexpected."""
+        fields = _object(doc, _ROLLOUT_FIELDS, where)
+        if not isinstance(fields["sticky"], bool) or not isinstance(fields["started"], str):
+            raise LedgerFormatError(f"{where}: sticky must be a boolean and started a string")
+        try:
+            return cls(
+                _version(fields["stable"], f"{where}.stable"),
+                _version(fields["candidate"], f"{where}.candidate"),
+                fields["mode"],
+                fields["percent"],
+                fields["sticky"],
+                fields["started"],
+            )
+        except InvalidInput as exc:
+            raise LedgerFormatError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -70,11 +142,28 @@ class ModelRecord:
     highest_seen: int = 0
     pinned: int | None = None
     rollbacks: tuple[Rollback, ...] = ()
+    rejected: tuple[int, ...] = ()  # candidates a rollout rolled back: never served again
+    rollout: RolloutPlan | None = None  # the canary or shadow rollout in progress
 
     @property
     def last_rollback(self) -> Rollback | None:
         """The most recent rollback, or None."""
         return self.rollbacks[-1] if self.rollbacks else None
+
+    @property
+    def operator_pinned(self) -> bool:
+        """Whether the pin in force was set by an operator (which switches runtime failover off)."""
+        last = self.last_rollback
+        return self.pinned is not None and (last is None or last.to_version != self.pinned or last.by == OPERATOR)
+
+    def with_rollout(self, plan: RolloutPlan | None) -> ModelRecord:
+        """The record with `plan` as its rollout in progress (None: no rollout)."""
+        return replace(self, rollout=plan)
+
+    def rejecting(self, version: int) -> ModelRecord:
+        """The record with `version` rejected for good (a rolled-back candidate), its rollout ended."""
+        rejected = tuple(sorted({*self.rejected, check_version(version)}))[-MAX_REJECTED:]
+        return replace(self, rejected=rejected, rollout=None)
 
     def bumped(self, version: int) -> ModelRecord:
         """The floor raised to `version` if that is higher; never lowered."""
@@ -90,25 +179,33 @@ class ModelRecord:
                 f"model {name!r}: version {version} is not above the highest version seen ({self.highest_seen}); "
                 "only an explicit rollback serves an earlier version"
             )
-        return replace(self, highest_seen=version, pinned=None)
+        return replace(self, highest_seen=version, pinned=None, rollout=None)
 
-    def rolled_back(self, version: int, previous: int | None, reason: str, time: str) -> ModelRecord:
-        """An explicit rollback: pin `version` and append the reason to the history."""
-        entry = Rollback(time, previous, check_version(version), reason)
-        return replace(self, pinned=version, rollbacks=(*self.rollbacks, entry))
+    def rolled_back(
+        self, version: int, previous: int | None, reason: str, time: str, by: str = OPERATOR
+    ) -> ModelRecord:
+        """A rollback: pin `version` and append the reason to the history; an operator's also ends a rollout."""
+        entry = Rollback(time, previous, check_version(version), reason, by)
+        rollout = None if by == OPERATOR else self.rollout
+        return replace(self, pinned=version, rollbacks=(*self.rollbacks, entry), rollout=rollout)
 
     def to_json(self) -> dict[str, Any]:
-        """The on-disk form of the record."""
-        return {
+        """The on-disk form of the record (the rollout fields only when set)."""
+        doc: dict[str, Any] = {
             "highest_seen": self.highest_seen,
             "pinned": self.pinned,
             "rollbacks": [r.to_json() for r in self.rollbacks],
         }
+        if self.rejected:
+            doc["rejected"] = list(self.rejected)
+        if self.rollout is not None:
+            doc["rollout"] = self.rollout.to_json()
+        return doc
 
     @classmethod
     def parse(cls, doc: object, where: str) -> ModelRecord:
         """Strictly parse one model's record; LedgerFormatError on anything unexpected."""
-        fields = _object(doc, _RECORD_FIELDS, where)
+        fields = _object(doc, _RECORD_FIELDS, where, _RECORD_OPTIONAL)
         highest = fields["highest_seen"]
         if type(highest) is not int or highest < 0:
             raise LedgerFormatError(f"{where}: highest_seen must be an integer >= 0")
@@ -118,10 +215,16 @@ class ModelRecord:
         rollbacks = fields["rollbacks"]
         if not isinstance(rollbacks, list):
             raise LedgerFormatError(f"{where}: rollbacks must be a list")
+        rejected = fields.get("rejected", [])
+        if not isinstance(rejected, list) or len(rejected) > MAX_REJECTED:
+            raise LedgerFormatError(f"{where}: rejected must be a list of at most {MAX_REJECTED} versions")
+        rollout = fields.get("rollout")
         return cls(
             highest,
             None if pinned is None else _version(pinned, f"{where}.pinned"),
             tuple(Rollback.parse(r, f"{where}.rollbacks[{i}]") for i, r in enumerate(rollbacks)),
+            tuple(_version(v, f"{where}.rejected[{i}]") for i, v in enumerate(rejected)),
+            None if rollout is None else RolloutPlan.parse(rollout, f"{where}.rollout"),
         )
 
 
@@ -230,13 +333,15 @@ class LedgerFile:
             os.close(fd)
 
 
-def _object(doc: object, expected: frozenset[str], where: str) -> dict[str, Any]:
-    """`doc` as a dict holding exactly the `expected` keys; LedgerFormatError otherwise."""
+def _object(
+    doc: object, expected: frozenset[str], where: str, optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """`doc` as a dict holding exactly the `expected` keys (and any of `optional`); LedgerFormatError otherwise."""
     if not isinstance(doc, dict):
         raise LedgerFormatError(f"{where}: expected an object")
     keys = set(doc)
-    if keys != expected:
-        extra = ", ".join(sorted(clip(k, 40) for k in keys - expected))
+    if not expected <= keys <= expected | optional:
+        extra = ", ".join(sorted(clip(k, 40) for k in keys - expected - optional))
         missing = ", ".join(sorted(expected - keys))
         raise LedgerFormatError(f"{where}: unknown fields [{extra}], missing fields [{missing}]")
     return doc

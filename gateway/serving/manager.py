@@ -11,20 +11,31 @@ the anti-rollback floor, the rollback pin and history. The highest servable vers
 model is the floor (store-only files do not count): a push at or below it is refused, a file that
 appears on disk below it is not served, and the default route never drops below it unless a higher
 valid version still exists or an explicit rollback pinned an earlier one.
+
+Rollouts (`canary`): a push may ask for a canary or shadow rollout; the route then carries a live
+`Rollout` that `get` consults per unversioned request, the data plane reports outcomes to `observe`, and
+the decision (promote, or roll back: pin stable, reject the candidate for good) is applied here under the
+model's lock, persisted in the ledger and audited. A restart mid-rollout resumes it from the ledger with
+fresh counts; if its candidate no longer loads the rollout ends as rolled back, if its stable version is
+gone it ends undecided and the normal policy applies. The same `observe` feeds runtime failover: when the
+default version's backend errors cross the threshold, the highest earlier good version is pinned
+automatically (ledger `by: failover`), unless an operator's pin is in force.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.artifact.keys import Identity
 from gateway.artifact.sealed import OpenedArtifact, TrustStore, now_rfc3339
-from gateway.backends import BackendConfig
+from gateway.backends import BackendConfig, LoadedModel
 from gateway.errors import (
     ArtifactError,
     InvalidInput,
@@ -34,13 +45,24 @@ from gateway.errors import (
     SealgateError,
     Unavailable,
 )
+from gateway.serving.canary import (
+    ROLLBACK,
+    Decision,
+    Health,
+    Rollout,
+    RolloutSettings,
+    figures_text,
+    is_backend_error,
+    plan_text,
+)
 from gateway.serving.entry import Entry
-from gateway.serving.ledger import Ledger, LedgerFile, ModelRecord
+from gateway.serving.ledger import CANARY_DECISION, FAILOVER, Ledger, LedgerFile, ModelRecord, RolloutPlan
 from gateway.serving.policy import VersionPolicy
 from gateway.serving.repository import Repository, check_name
 from gateway.serving.routes import Route, Router, miss
 from gateway.serving.status import ModelState, ModelStatus, PushResult, ServedModel
 from gateway.serving.verification import (
+    StepHook,
     Verifier,
     match_header,
     one_line,
@@ -68,6 +90,8 @@ class ModelManager:
         backend_config: BackendConfig | None = None,
         policy: VersionPolicy | None = None,
         poll_interval: float = 0.5,
+        wrap_model: Callable[[str, LoadedModel], LoadedModel] | None = None,
+        rollout: RolloutSettings | None = None,
     ) -> None:
         """Set up and read the ledger; no model file is read until the first poll() (or start())."""
         self.repo = repo
@@ -77,6 +101,7 @@ class ModelManager:
         self.policy = policy if policy is not None else VersionPolicy.latest(1)
         self.poll_interval = poll_interval
         self._verifier = Verifier(self.identities, trust, self.backend_config)
+        self._verifier.wrap = wrap_model  # applied to each model after its smoke test (dynamic batching)
         self._router = Router(self.policy)
         self._ledger_file = LedgerFile(repo.root)
         self._ledger: Ledger = self._ledger_file.load()
@@ -89,6 +114,15 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics: Any = None  # optional: an object with a prometheus Gauge `loaded` labelled (model, state)
+        self.rollout_settings = rollout if rollout is not None else RolloutSettings()
+        # optional: audit_hook(model, version, method, reason) records an automatic decision in the audit log
+        self.audit_hook: Callable[[str, int, str, str], None] | None = None
+        self._mirrors = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealgate-mirror")
+        self._decisions: dict[str, str] = {}  # the last rollout decision per model, for status
+
+    def trace_steps(self, step: StepHook) -> None:
+        """Run each release step (verify, smoke test, swap) inside `step(step, model, version)`: tracing."""
+        self._verifier.step = step
 
     # --- hot path -------------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None) -> ServedModel:
@@ -98,11 +132,46 @@ class ModelManager:
         """
         route = self._routes.get(name)
         if route is not None:
-            served = route.default if version is None else route.by_version.get(version)
+            if version is None:
+                served = route.default
+                rollout = route.rollout
+                if rollout is not None and rollout.to_candidate():
+                    served = route.by_version.get(rollout.plan.candidate, served)
+            else:
+                served = route.by_version.get(version)
             if served is not None:
                 return served
         with self._lock:
             raise miss(name, version, self._stored(name), self._routes.get(name))
+
+    def observe(
+        self,
+        served: ServedModel,
+        seconds: float,
+        error: BaseException | None,
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The data plane's report of one call: feeds the model's rollout, or runtime failover of its default."""
+        route = self._routes.get(served.name)
+        if route is None:
+            return
+        if route.rollout is not None:
+            route.rollout.observe(served.version, seconds, error, inputs, outputs)
+            return
+        health = route.health
+        if health is not None and health.version == served.version:
+            if health.add(error is None or not is_backend_error(error)):
+                self._spawn(self._failover, served.name, served.version, health.figures())
+
+    def rollout_state(self, name: str) -> dict[str, Any] | None:
+        """The rollout in progress (mode, percent, versions, live figures) or the last decision; None if neither."""
+        route = self._routes.get(name)
+        if route is not None and route.rollout is not None:
+            return dict(route.rollout.describe())
+        with self._lock:
+            last = self._decisions.get(name)
+        return {"decision": last} if last else None
 
     def versions(self, name: str) -> list[int]:
         """The versions of `name` serving now, ascending."""
@@ -198,6 +267,7 @@ class ModelManager:
     def close(self) -> None:
         """Stop polling and release every loaded model (at shutdown, after draining requests)."""
         self.stop()
+        self._mirrors.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for entries in self._entries.values():
                 for entry in entries.values():
@@ -293,7 +363,8 @@ class ModelManager:
         entry = Entry(name, version, ModelState.LOADING, path=path, stamp=stamp)
         self._put(entry)
         try:
-            checked = self._verifier.verify(path)
+            with self._verifier.step("verify", name, version):
+                checked = self._verifier.verify(path)
             match_header(checked.header, name, version, "its place in the repository")
         except Exception as exc:  # any failure to open or verify refuses this version only
             self._refuse(entry, exc)
@@ -323,7 +394,7 @@ class ModelManager:
         while True:
             with self._lock:
                 entries = dict(self._entries.get(name, {}))
-            desired = self._router.desired(entries, record.pinned)
+            desired = self._router.desired(entries, record.pinned, record)
             missing = sorted((v for v in desired if entries[v].served is None), reverse=True)
             if not missing:
                 break
@@ -332,6 +403,9 @@ class ModelManager:
         cache.clear()
         self._publish(name, entries, desired, record)
         self._raise_floor(name, entries)
+        route = self._routes.get(name)
+        if record.rollout is not None and (route is None or route.rollout is None):
+            self._end_unrunnable(name, record.rollout, entries)
 
     def _bring_up(self, entry: Entry, opened: OpenedArtifact | None) -> None:
         """Load one version (re-opening its file if it was not kept); on failure it becomes REFUSED."""
@@ -346,8 +420,9 @@ class ModelManager:
 
     def _publish(self, name: str, entries: Mapping[int, Entry], desired: set[int], record: ModelRecord) -> None:
         """Swap in the new route and set every version's state, in one step under the lock."""
-        with self._lock:
+        with self._lock, self._verifier.step("swap", name, 0):
             route, unused = self._router.publish(name, entries, desired, record)
+            route = self._attach(name, route, record)
             for served in unused:
                 served.model.close()
             self._routes[name] = route
@@ -355,6 +430,134 @@ class ModelManager:
             log.info("model %r: serving %s, default version %d", name, sorted(route.by_version), route.default.version)
         elif route.blocked:
             log.error("model %r: %s", name, route.blocked)
+
+    def _attach(self, name: str, route: Route, record: ModelRecord) -> Route:
+        """The route with its live rollout (kept across republishing) and failover watch (caller holds the lock)."""
+        old = self._routes.get(name)
+        plan, settings = record.rollout, self.rollout_settings
+        rollout: Rollout | None = None
+        if plan is not None and plan.stable in route.by_version and plan.candidate in route.by_version:
+            live = old.rollout if old is not None else None
+            if live is not None and live.plan == plan and live.decision is None:
+                rollout = live
+            else:
+                rollout = Rollout(name, plan, settings, lambda v: self._serving(name, v), self._decided, self._mirrors)
+                log.info("model %r: rollout %s", name, plan_text(plan))
+        health: Health | None = None
+        if route.default is not None and settings.runtime_failover and rollout is None:
+            kept = old.health if old is not None else None
+            if kept is not None and kept.version == route.default.version:
+                health = kept
+            else:
+                health = Health(route.default.version, settings.failover_window, settings.failover_max_errors)
+        return dataclasses.replace(route, rollout=rollout, health=health)
+
+    def _serving(self, name: str, version: int) -> ServedModel | None:
+        """The serving model of `name` at `version` now, or None."""
+        route = self._routes.get(name)
+        return route.by_version.get(version) if route is not None else None
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        """Apply an automatic decision in its own thread: never on a request's path."""
+        threading.Thread(target=target, args=args, name="sealgate-rollout", daemon=True).start()
+
+    def _audit(self, name: str, version: int, method: str, reason: str) -> None:
+        """One audit line for an automatic decision, when the server attached a hook."""
+        hook = self.audit_hook
+        if hook is not None:
+            try:
+                hook(name, version, method, reason)
+            except Exception:  # auditing must not undo a decision already applied
+                log.exception("model %r: could not audit %s", name, method)
+
+    def _decided(self, rollout: Rollout, decision: Decision) -> None:
+        """A rollout decided (on a request's thread): apply it in the background."""
+        self._spawn(self._conclude, rollout, decision)
+
+    def _reject_step(self, plan: RolloutPlan, reason: str) -> Callable[[ModelRecord], ModelRecord]:
+        """The ledger step of a canary rollback: pin stable, reject the candidate, end the rollout."""
+
+        def step(record: ModelRecord) -> ModelRecord:
+            if record.rollout != plan:
+                return record
+            pinned = record.rolled_back(plan.stable, plan.candidate, reason, now_rfc3339(), CANARY_DECISION)
+            return pinned.rejecting(plan.candidate)
+
+        return step
+
+    def _conclude(self, rollout: Rollout, decision: Decision) -> None:
+        """Persist and apply a rollout's decision: promote the candidate, or pin stable and reject the candidate."""
+        name, plan = rollout.name, rollout.plan
+        text = f"{decision.reason} [{figures_text(decision.figures)}]"
+        with self._name_lock(name):
+            if self._ledger.record(name).rollout != plan:
+                return  # ended meanwhile (an operator's rollback, a restart)
+            if decision.action == ROLLBACK:
+                self._change_ledger(name, self._reject_step(plan, f"canary rollback: {decision.reason}"))
+            else:
+                self._change_ledger(name, lambda r: r.with_rollout(None) if r.rollout == plan else r)
+            self._reconcile(name, {})
+            with self._lock:
+                self._decisions[name] = f"{decision.action} v{plan.candidate}: {decision.reason}"
+        self._report()
+        self._audit(name, plan.candidate, f"rollout.{decision.action}", text)
+
+    def _end_unrunnable(self, name: str, plan: RolloutPlan, entries: Mapping[int, Entry]) -> None:
+        """A persisted rollout whose versions do not both serve (after a restart): end it safely.
+
+        The candidate does not load: it is rolled back (rejected, stable pinned). The stable version is gone:
+        the rollout ends undecided and the policy applies. Caller holds the model's lock.
+        """
+        candidate = entries.get(plan.candidate)
+        if candidate is None or candidate.served is None:
+            why = candidate.reason if candidate is not None and candidate.reason else "it is not servable"
+            reason = f"canary rollback: candidate v{plan.candidate} cannot serve ({why})"
+            self._change_ledger(name, self._reject_step(plan, reason))
+            action = "rollback"
+        else:
+            reason = f"rollout ended undecided: stable v{plan.stable} cannot serve"
+            self._change_ledger(name, lambda r: r.with_rollout(None) if r.rollout == plan else r)
+            action = "ended"
+        log.warning("model %r: %s", name, reason)
+        with self._lock:
+            self._decisions[name] = f"{action} v{plan.candidate}: {reason}"
+        self._reconcile(name, {})
+        self._audit(name, plan.candidate, f"rollout.{action}", reason)
+
+    def _failover(self, name: str, version: int, figures: Mapping[str, float]) -> None:
+        """The default version is failing at run time: pin the highest earlier good version (audited)."""
+        with self._name_lock(name):
+            record = self._ledger.record(name)
+            if not self.rollout_settings.runtime_failover or record.operator_pinned or record.rollout is not None:
+                return
+            if self.default_version(name) != version:
+                return
+            reason = (
+                f"runtime failover: v{version} failed {int(figures['errors'])} of its last "
+                f"{int(figures['window'])} requests with backend errors"
+            )
+            target = self._previous_good(name, version, record)
+            if target is None:
+                log.error("model %r: %s, and no earlier version can serve", name, reason)
+                return
+            self._change_ledger(name, lambda r: r.rolled_back(target, version, reason, now_rfc3339(), FAILOVER))
+            log.error("model %r: %s; version %d serves again", name, reason, target)
+            self._reconcile(name, {})
+        self._report()
+        self._audit(name, target, "rollout.failover", reason)
+
+    def _previous_good(self, name: str, version: int, record: ModelRecord) -> int | None:
+        """The highest version below `version` that loads and was never rejected (loaded now), or None."""
+        stored = self._stored(name)
+        for earlier in sorted((v for v in stored if v < version), reverse=True):
+            entry = stored[earlier]
+            if not entry.loadable or earlier in record.rejected:
+                continue
+            if entry.served is None:
+                self._bring_up(entry, None)
+            if entry.served is not None:
+                return earlier
+        return None
 
     def _raise_floor(self, name: str, entries: Mapping[int, Entry]) -> None:
         """Persist the highest valid version the gateway can serve, if it went up (store-only files do not count)."""
@@ -388,21 +591,32 @@ class ModelManager:
         log.warning("model %r version %d refused: %s", entry.name, entry.version, reason)
 
     # --- release --------------------------------------------------------------------------------
-    def accept_push(self, name: str, version: int, received: Path, *, store_only: bool = False) -> PushResult:
+    def accept_push(
+        self,
+        name: str,
+        version: int,
+        received: Path,
+        *,
+        store_only: bool = False,
+        rollout: str = "",
+        percent: int = 0,
+        sticky: bool = False,
+    ) -> PushResult:
         """Verify, store and promote a pushed artifact that was received whole into `received`.
 
         Refusals raise (MetadataMismatch, RollbackRefused, NotServable, artifact errors, GateFailed) and
         leave nothing stored and the floor where it was; `received` is deleted in every case (moved into
         place on success). An artifact the gateway cannot open is stored only with `store_only` (for
         Fetch, never served, not raising the floor). The exact bytes already stored for this version
-        are answered `already_stored`, and nothing is written.
+        are answered `already_stored`, and nothing is written. `rollout` ("canary" or "shadow") with `percent`
+        (and `sticky`) makes the version a candidate beside the serving one instead of replacing it.
         """
         check_name(name)
         check_version(version)
         received = Path(received)
         with self._name_lock(name):
             try:
-                return self._accept(name, version, received, store_only)
+                return self._accept(name, version, received, store_only, (rollout, percent, sticky))
             finally:
                 self.repo.discard(received)
                 self._report()
@@ -423,11 +637,30 @@ class ModelManager:
         with self._lock:
             return PushResult.of(self._status_locked(entry), already_stored=True)
 
-    def _accept(self, name: str, version: int, received: Path, store_only: bool) -> PushResult:
+    def _plan(self, name: str, version: int, ask: tuple[str, int, bool]) -> RolloutPlan | None:
+        """The rollout a push asks for, checked against the model's state (RollbackRefused / InvalidInput)."""
+        mode, percent, sticky = ask
+        current = self._ledger.record(name).rollout
+        if current is not None:
+            raise RollbackRefused(
+                f"model {name!r} has a rollout in progress ({plan_text(current)}): wait for its decision, "
+                "or end it with an explicit rollback"
+            )
+        if not mode:
+            return None
+        stable = self.default_version(name)
+        if stable is None:
+            raise RollbackRefused(f"model {name!r} has no serving version for a {mode} rollout to compare with")
+        return RolloutPlan(stable, version, mode, percent, sticky, now_rfc3339())
+
+    def _accept(
+        self, name: str, version: int, received: Path, store_only: bool, ask: tuple[str, int, bool] = ("", 0, False)
+    ) -> PushResult:
         match_header(read_header(received), name, version, "the push request")
         same = self._already_stored(name, version, received)
         if same is not None:
             return same
+        plan = self._plan(name, version, ask)
         with self._lock:
             known = [v for v, e in self._entries.get(name, {}).items() if e.loadable]
         floor = max([self.highest_seen(name), *known])
@@ -439,7 +672,8 @@ class ModelManager:
         if self.repo.path(name, version).exists():
             raise RollbackRefused(f"model {name!r} version {version} is already stored")
         try:
-            checked = self._verifier.verify(received)
+            with self._verifier.step("verify", name, version):
+                checked = self._verifier.verify(received)
             match_header(checked.header, name, version, "the push request")
             if checked.opened is None and not store_only:
                 raise self._verifier.not_servable(checked.header)
@@ -459,7 +693,7 @@ class ModelManager:
         if served is not None:  # a store-only file neither raises the floor nor ends a rollback pin
             try:
                 before = self.pinned(name)
-                self._change_ledger(name, lambda record: record.pushed(name, version))
+                self._change_ledger(name, lambda record: record.pushed(name, version).with_rollout(plan))
             except BaseException:
                 self.repo.remove(name, version)
                 served.model.close()
@@ -514,8 +748,13 @@ class ModelManager:
                 raise RollbackRefused(
                     f"model {name!r} version {version} is not addressed to the gateway: it cannot serve it"
                 )
+            record = self._ledger.record(name)
+            if version in record.rejected:
+                raise RollbackRefused(
+                    f"model {name!r} version {version} was rolled back by a canary rollout and is not served again"
+                )
             previous = self.default_version(name)
-            if previous == version:
+            if previous == version and record.rollout is None:
                 raise RollbackRefused(f"model {name!r} version {version} is already the serving version")
             if entry.served is None:
                 self._bring_up(entry, None)

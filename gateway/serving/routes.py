@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from gateway.errors import NotFound, SealgateError, Unavailable
 from gateway.serving.entry import Entry
@@ -29,6 +30,8 @@ class Route:
     default: ServedModel | None
     by_version: Mapping[int, ServedModel]
     blocked: str = ""
+    rollout: Any = None  # the live canary.Rollout when one runs (default is then its stable version)
+    health: Any = None  # the canary.Health watching the default version for runtime failover
 
 
 class Router:
@@ -38,13 +41,22 @@ class Router:
         """Bind to the policy every decision uses."""
         self.policy = policy
 
-    def desired(self, entries: Mapping[int, Entry], pinned: int | None) -> set[int]:
-        """The versions to serve: the policy over servable versions (none above a pin) plus the pin."""
+    def desired(self, entries: Mapping[int, Entry], pinned: int | None, record: ModelRecord | None = None) -> set[int]:
+        """The versions to serve: the policy over servable versions (none above a pin, none rejected) plus
+        the pin, plus both sides of a rollout in progress."""
+        rejected = set(record.rejected) if record is not None else set()
         pin = pinned if pinned is not None and pinned in entries and entries[pinned].loadable else None
-        pool = [v for v, e in entries.items() if e.loadable and not e.late and (pin is None or v <= pin)]
+        pool = [
+            v
+            for v, e in entries.items()
+            if e.loadable and not e.late and (pin is None or v <= pin) and v not in rejected
+        ]
         desired = self.policy.select(pool)
         if pin is not None:
             desired.add(pin)
+        plan = record.rollout if record is not None else None
+        if plan is not None:
+            desired.update(v for v in (plan.stable, plan.candidate) if v in entries and entries[v].loadable)
         return desired
 
     def keeps_opened(self, pinned: int | None) -> Callable[[int, int], bool]:
@@ -89,6 +101,8 @@ class Router:
         """The default version: the pin if serving, else the highest, unless that would silently roll back."""
         if not by_version:
             return None, ""
+        if record.rollout is not None and record.rollout.stable in by_version:
+            return record.rollout.stable, ""
         if record.pinned is not None and record.pinned in by_version:
             return record.pinned, ""
         top = max(by_version)
@@ -116,6 +130,8 @@ class Router:
         """Why a verified version is AVAILABLE rather than SERVING."""
         if not entry.recipient:
             return "stored for fetch only: the gateway is not among its recipients, so it never serves it"
+        if entry.version in record.rejected:
+            return "rolled back by a canary rollout: never served again (push a higher version)"
         if entry.late:
             return (
                 f"arrived below the highest version seen ({record.highest_seen}): "

@@ -35,6 +35,16 @@ class ServedModel:
     model: LoadedModel
     provenance: dict[str, Any]
     loaded_at: float
+    kept: Mapping[str, bytes] = field(default_factory=dict)  # signed side files (kept_files), e.g. reference.npz
+
+
+KEPT_FILES = ("reference.npz",)  # side files a served model keeps from its artifact: gateway/explain's background
+MAX_KEPT_BYTES = 16 << 20  # a larger one is not kept (whatever needs it then refuses that version)
+
+
+def kept_files(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The KEPT_FILES among an opened model's (signed) files, each at most MAX_KEPT_BYTES."""
+    return {n: files[n] for n in KEPT_FILES if n in files and len(files[n]) <= MAX_KEPT_BYTES}
 
 
 @dataclass(frozen=True)

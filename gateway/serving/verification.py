@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -19,14 +20,20 @@ from typing import BinaryIO, cast
 from gateway.artifact.envelope import Header
 from gateway.artifact.keys import Identity
 from gateway.artifact.sealed import OpenedArtifact, TrustStore, inspect, open_artifact
-from gateway.backends import BackendConfig, load_model
+from gateway.backends import BackendConfig, LoadedModel, load_model
 from gateway.errors import MetadataMismatch, NotARecipient, NotServable, SealgateError
 from gateway.serving.smoke import smoke_test
-from gateway.serving.status import ServedModel
+from gateway.serving.status import ServedModel, kept_files
 
 _READ_BLOCK = 1 << 20
 
 Stamp = tuple[int, int, int]
+StepHook = Callable[[str, str, int], AbstractContextManager[object]]  # (step, model, version): a span around it
+
+
+def untraced(step: str, name: str, version: int) -> AbstractContextManager[object]:
+    """The release-step hook while tracing is off: nothing around the step."""
+    return nullcontext()
 
 
 def one_line(exc: BaseException) -> str:
@@ -82,6 +89,8 @@ class Verifier:
         self.identities = list(identities)
         self.trust = trust
         self.backend_config = backend_config
+        self.wrap: Callable[[str, LoadedModel], LoadedModel] | None = None  # e.g. a dynamic batcher, after smoke
+        self.step: StepHook = untraced  # verify / smoke test / swap spans when [tracing] is on (server/tracing.py)
 
     def verify(self, path: Path) -> Verified:
         """Open and verify a sealed file in memory, hashing it in the same pass; NotARecipient is not a failure."""
@@ -99,7 +108,8 @@ class Verifier:
 
     def verify_stored(self, path: Path, name: str, version: int) -> OpenedArtifact:
         """Re-open a stored version for loading: verified, the header matching its place, addressed to the gateway."""
-        checked = self.verify(path)
+        with self.step("verify", name, version):
+            checked = self.verify(path)
         match_header(checked.header, name, version, "its place in the repository")
         if checked.opened is None:
             raise NotARecipient("the gateway is no longer among the artifact's recipients")
@@ -115,13 +125,16 @@ class Verifier:
 
     def load(self, name: str, version: int, opened: OpenedArtifact) -> ServedModel:
         """Load an opened model with its backend and smoke-test it; the model is closed again on failure."""
-        model = load_model(opened.model_files, self.backend_config)
+        model = load_model(opened.model_files, self.backend_config, label=f"{name}:{version}")
         try:
-            smoke_test(model, opened.provenance)
+            with self.step("smoke test", name, version):
+                smoke_test(model, opened.provenance)
         except BaseException:
             model.close()
             raise
-        return ServedModel(name, version, model, dict(opened.provenance), time.time())
+        if self.wrap is not None:
+            model = self.wrap(name, model)
+        return ServedModel(name, version, model, dict(opened.provenance), time.time(), kept_files(opened.model_files))
 
 
 def match_header(header: Header, name: str, version: int, where: str) -> None:

@@ -147,6 +147,8 @@ def test_the_registry_is_what_reflection_lists(env: harness.Env, gateway: Gatewa
     listed = {s.name for s in answers[0].list_services_response.service}
     assert listed == set(gateway.services)
     assert {"inference.GRPCInferenceService", "sealgate.v1.Release", "grpc.health.v1.Health"} < listed
+    assert "sealgate.v1.Explain" in listed  # walked below like every service: scope explain:<model>
+    assert {r.name: r.action for r in rest.ROUTES}["Explain"] == "explain"  # POST /v1/models/{name}:explain
 
 
 def test_every_method_is_declared_and_the_public_list_is_exact(gateway: Gateway) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _sealgate_pool.POOL.AddSerializedFile(b'\n\x19sealgate/v1/release.proto\x12\x0bsealgate.v1\"c\n\x10\x41rtifactMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nstore_only\x18\x05 \x01(\x08\"\\\n\x0bPushRequest\x12\x31\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.sealgate.v1.ArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x94\x01\n\x0cPushResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12/\n\x05state\x18\x05 \x01(\x0e\x32 .sealgate.v1.VersionStatus.State\x12\x16\n\x0e\x61lready_stored\x18\x06 \x01(\x08\"-\n\x0c\x46\x65tchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\rFetchResponse\x12\x31\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.sealgate.v1.ArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x1b\n\x0bListRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x0cListResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.sealgate.v1.ModelStatus\"\x80\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.sealgate.v1.VersionStatus\x12\x17\n\x0fserving_version\x18\x03 \x01(\x03\x12\x1c\n\x14highest_version_seen\x18\x04 \x01(\x03\"\x95\x02\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .sealgate.v1.VersionStatus.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12+\n\nprovenance\x18\x04 \x01(\x0b\x32\x17.sealgate.v1.Provenance\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"W\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\x0b\n\x07SERVING\x10\x02\x12\r\n\tAVAILABLE\x10\x03\x12\x0b\n\x07REFUSED\x10\x04\x12\x0b\n\x07RETIRED\x10\x05\"\xfe\x01\n\nProvenance\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\t\x12\x16\n\x0eparent_version\x18\x03 \x01(\x03\x12\x35\n\x07metrics\x18\x04 \x03(\x0b\x32$.sealgate.v1.Provenance.MetricsEntry\x12\x14\n\x07\x65psilon\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05gates\x18\x07 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_epsilonB\x08\n\x06_delta\"@\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"K\n\x10RollbackResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x18\n\x10previous_version\x18\x03 \x01(\x03\x32\x90\x02\n\x07Release\x12=\n\x04Push\x12\x18.sealgate.v1.PushRequest\x1a\x19.sealgate.v1.PushResponse(\x01\x12@\n\x05\x46\x65tch\x12\x19.sealgate.v1.FetchRequest\x1a\x1a.sealgate.v1.FetchResponse0\x01\x12;\n\x04List\x12\x18.sealgate.v1.ListRequest\x1a\x19.sealgate.v1.ListResponse\x12G\n\x08Rollback\x12\x1c.sealgate.v1.RollbackRequest\x1a\x1d.sealgate.v1.RollbackResponseb\x06proto3')
+DESCRIPTOR = _sealgate_pool.POOL.AddSerializedFile(b'\n\x19sealgate/v1/release.proto\x12\x0bsealgate.v1\"\x91\x01\n\x10\x41rtifactMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nstore_only\x18\x05 \x01(\x08\x12,\n\x07rollout\x18\x06 \x01(\x0b\x32\x1b.sealgate.v1.RolloutRequest\"\x8b\x01\n\x0eRolloutRequest\x12.\n\x04mode\x18\x01 \x01(\x0e\x32 .sealgate.v1.RolloutRequest.Mode\x12\x0f\n\x07percent\x18\x02 \x01(\x05\x12\x0e\n\x06sticky\x18\x03 \x01(\x08\"(\n\x04Mode\x12\x08\n\x04NONE\x10\x00\x12\n\n\x06\x43\x41NARY\x10\x01\x12\n\n\x06SHADOW\x10\x02\"\x9c\x03\n\rRolloutStatus\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x05\x12\x0e\n\x06sticky\x18\x03 \x01(\x08\x12\x0e\n\x06stable\x18\x04 \x01(\x03\x12\x11\n\tcandidate\x18\x05 \x01(\x03\x12\x1a\n\x12\x63\x61ndidate_requests\x18\x06 \x01(\x03\x12\x18\n\x10\x63\x61ndidate_errors\x18\x07 \x01(\x03\x12\x17\n\x0fstable_requests\x18\x08 \x01(\x03\x12\x15\n\rstable_errors\x18\t \x01(\x03\x12\x1c\n\x14\x63\x61ndidate_error_rate\x18\n \x01(\x01\x12\x19\n\x11stable_error_rate\x18\x0b \x01(\x01\x12\x18\n\x10\x63\x61ndidate_p50_ms\x18\x0c \x01(\x01\x12\x18\n\x10\x63\x61ndidate_p99_ms\x18\r \x01(\x01\x12\x15\n\rstable_p50_ms\x18\x0e \x01(\x01\x12\x15\n\rstable_p99_ms\x18\x0f \x01(\x01\x12\x10\n\x08\x63ompared\x18\x10 \x01(\x03\x12\x14\n\x0c\x64isagreement\x18\x11 \x01(\x01\x12\x10\n\x08\x64\x65\x63ision\x18\x12 \x01(\t\"\\\n\x0bPushRequest\x12\x31\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.sealgate.v1.ArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x94\x01\n\x0cPushResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12/\n\x05state\x18\x05 \x01(\x0e\x32 .sealgate.v1.VersionStatus.State\x12\x16\n\x0e\x61lready_stored\x18\x06 \x01(\x08\"-\n\x0c\x46\x65tchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"^\n\rFetchResponse\x12\x31\n\x08metadata\x18\x01 \x01(\x0b\x32\x1d.sealgate.v1.ArtifactMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x1b\n\x0bListRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x0cListResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.sealgate.v1.ModelStatus\"\xad\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08versions\x18\x02 \x03(\x0b\x32\x1a.sealgate.v1.VersionStatus\x12\x17\n\x0fserving_version\x18\x03 \x01(\x03\x12\x1c\n\x14highest_version_seen\x18\x04 \x01(\x03\x12+\n\x07rollout\x18\x05 \x01(\x0b\x32\x1a.sealgate.v1.RolloutStatus\"\x95\x02\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .sealgate.v1.VersionStatus.State\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12+\n\nprovenance\x18\x04 \x01(\x0b\x32\x17.sealgate.v1.Provenance\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"W\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\x0b\n\x07SERVING\x10\x02\x12\r\n\tAVAILABLE\x10\x03\x12\x0b\n\x07REFUSED\x10\x04\x12\x0b\n\x07RETIRED\x10\x05\"\xfe\x01\n\nProvenance\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\t\x12\x16\n\x0eparent_version\x18\x03 \x01(\x03\x12\x35\n\x07metrics\x18\x04 \x03(\x0b\x32$.sealgate.v1.Provenance.MetricsEntry\x12\x14\n\x07\x65psilon\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05gates\x18\x07 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_epsilonB\x08\n\x06_delta\"@\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"K\n\x10RollbackResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x18\n\x10previous_version\x18\x03 \x01(\x03\x32\x90\x02\n\x07Release\x12=\n\x04Push\x12\x18.sealgate.v1.PushRequest\x1a\x19.sealgate.v1.PushResponse(\x01\x12@\n\x05\x46\x65tch\x12\x19.sealgate.v1.FetchRequest\x1a\x1a.sealgate.v1.FetchResponse0\x01\x12;\n\x04List\x12\x18.sealgate.v1.ListRequest\x1a\x19.sealgate.v1.ListResponse\x12G\n\x08Rollback\x12\x1c.sealgate.v1.RollbackRequest\x1a\x1d.sealgate.v1.RollbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +34,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVENANCE_METRICSENTRY']._loaded_options = None
   _globals['_PROVENANCE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ARTIFACTMETADATA']._serialized_start=42
-  _globals['_ARTIFACTMETADATA']._serialized_end=141
-  _globals['_PUSHREQUEST']._serialized_start=143
-  _globals['_PUSHREQUEST']._serialized_end=235
-  _globals['_PUSHRESPONSE']._serialized_start=238
-  _globals['_PUSHRESPONSE']._serialized_end=386
-  _globals['_FETCHREQUEST']._serialized_start=388
-  _globals['_FETCHREQUEST']._serialized_end=433
-  _globals['_FETCHRESPONSE']._serialized_start=435
-  _globals['_FETCHRESPONSE']._serialized_end=529
-  _globals['_LISTREQUEST']._serialized_start=531
-  _globals['_LISTREQUEST']._serialized_end=558
-  _globals['_LISTRESPONSE']._serialized_start=560
-  _globals['_LISTRESPONSE']._serialized_end=616
-  _globals['_MODELSTATUS']._serialized_start=619
-  _globals['_MODELSTATUS']._serialized_end=747
-  _globals['_VERSIONSTATUS']._serialized_start=750
-  _globals['_VERSIONSTATUS']._serialized_end=1027
-  _globals['_VERSIONSTATUS_STATE']._serialized_start=940
-  _globals['_VERSIONSTATUS_STATE']._serialized_end=1027
-  _globals['_PROVENANCE']._serialized_start=1030
-  _globals['_PROVENANCE']._serialized_end=1284
-  _globals['_PROVENANCE_METRICSENTRY']._serialized_start=1216
-  _globals['_PROVENANCE_METRICSENTRY']._serialized_end=1262
-  _globals['_ROLLBACKREQUEST']._serialized_start=1286
-  _globals['_ROLLBACKREQUEST']._serialized_end=1350
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1352
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1427
-  _globals['_RELEASE']._serialized_start=1430
-  _globals['_RELEASE']._serialized_end=1702
+  _globals['_ARTIFACTMETADATA']._serialized_start=43
+  _globals['_ARTIFACTMETADATA']._serialized_end=188
+  _globals['_ROLLOUTREQUEST']._serialized_start=191
+  _globals['_ROLLOUTREQUEST']._serialized_end=330
+  _globals['_ROLLOUTREQUEST_MODE']._serialized_start=290
+  _globals['_ROLLOUTREQUEST_MODE']._serialized_end=330
+  _globals['_ROLLOUTSTATUS']._serialized_start=333
+  _globals['_ROLLOUTSTATUS']._serialized_end=745
+  _globals['_PUSHREQUEST']._serialized_start=747
+  _globals['_PUSHREQUEST']._serialized_end=839
+  _globals['_PUSHRESPONSE']._serialized_start=842
+  _globals['_PUSHRESPONSE']._serialized_end=990
+  _globals['_FETCHREQUEST']._serialized_start=992
+  _globals['_FETCHREQUEST']._serialized_end=1037
+  _globals['_FETCHRESPONSE']._serialized_start=1039
+  _globals['_FETCHRESPONSE']._serialized_end=1133
+  _globals['_LISTREQUEST']._serialized_start=1135
+  _globals['_LISTREQUEST']._serialized_end=1162
+  _globals['_LISTRESPONSE']._serialized_start=1164
+  _globals['_LISTRESPONSE']._serialized_end=1220
+  _globals['_MODELSTATUS']._serialized_start=1223
+  _globals['_MODELSTATUS']._serialized_end=1396
+  _globals['_VERSIONSTATUS']._serialized_start=1399
+  _globals['_VERSIONSTATUS']._serialized_end=1676
+  _globals['_VERSIONSTATUS_STATE']._serialized_start=1589
+  _globals['_VERSIONSTATUS_STATE']._serialized_end=1676
+  _globals['_PROVENANCE']._serialized_start=1679
+  _globals['_PROVENANCE']._serialized_end=1933
+  _globals['_PROVENANCE_METRICSENTRY']._serialized_start=1865
+  _globals['_PROVENANCE_METRICSENTRY']._serialized_end=1911
+  _globals['_ROLLBACKREQUEST']._serialized_start=1935
+  _globals['_ROLLBACKREQUEST']._serialized_end=1999
+  _globals['_ROLLBACKRESPONSE']._serialized_start=2001
+  _globals['_ROLLBACKRESPONSE']._serialized_end=2076
+  _globals['_RELEASE']._serialized_start=2079
+  _globals['_RELEASE']._serialized_end=2351
 # @@protoc_insertion_point(module_scope)

@@ -8,18 +8,78 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ArtifactMetadata(_message.Message):
-    __slots__ = ("name", "version", "size", "sha256", "store_only")
+    __slots__ = ("name", "version", "size", "sha256", "store_only", "rollout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     STORE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     size: int
     sha256: str
     store_only: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., store_only: _Optional[bool] = ...) -> None: ...
+    rollout: RolloutRequest
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., store_only: _Optional[bool] = ..., rollout: _Optional[_Union[RolloutRequest, _Mapping]] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("mode", "percent", "sticky")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        NONE: _ClassVar[RolloutRequest.Mode]
+        CANARY: _ClassVar[RolloutRequest.Mode]
+        SHADOW: _ClassVar[RolloutRequest.Mode]
+    NONE: RolloutRequest.Mode
+    CANARY: RolloutRequest.Mode
+    SHADOW: RolloutRequest.Mode
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STICKY_FIELD_NUMBER: _ClassVar[int]
+    mode: RolloutRequest.Mode
+    percent: int
+    sticky: bool
+    def __init__(self, mode: _Optional[_Union[RolloutRequest.Mode, str]] = ..., percent: _Optional[int] = ..., sticky: _Optional[bool] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("mode", "percent", "sticky", "stable", "candidate", "candidate_requests", "candidate_errors", "stable_requests", "stable_errors", "candidate_error_rate", "stable_error_rate", "candidate_p50_ms", "candidate_p99_ms", "stable_p50_ms", "stable_p99_ms", "compared", "disagreement", "decision")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STICKY_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    STABLE_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    percent: int
+    sticky: bool
+    stable: int
+    candidate: int
+    candidate_requests: int
+    candidate_errors: int
+    stable_requests: int
+    stable_errors: int
+    candidate_error_rate: float
+    stable_error_rate: float
+    candidate_p50_ms: float
+    candidate_p99_ms: float
+    stable_p50_ms: float
+    stable_p99_ms: float
+    compared: int
+    disagreement: float
+    decision: str
+    def __init__(self, mode: _Optional[str] = ..., percent: _Optional[int] = ..., sticky: _Optional[bool] = ..., stable: _Optional[int] = ..., candidate: _Optional[int] = ..., candidate_requests: _Optional[int] = ..., candidate_errors: _Optional[int] = ..., stable_requests: _Optional[int] = ..., stable_errors: _Optional[int] = ..., candidate_error_rate: _Optional[float] = ..., stable_error_rate: _Optional[float] = ..., candidate_p50_ms: _Optional[float] = ..., candidate_p99_ms: _Optional[float] = ..., stable_p50_ms: _Optional[float] = ..., stable_p99_ms: _Optional[float] = ..., compared: _Optional[int] = ..., disagreement: _Optional[float] = ..., decision: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("metadata", "chunk")
@@ -74,16 +134,18 @@ class ListResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("name", "versions", "serving_version", "highest_version_seen")
+    __slots__ = ("name", "versions", "serving_version", "highest_version_seen", "rollout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     HIGHEST_VERSION_SEEN_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
     serving_version: int
     highest_version_seen: int
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ..., serving_version: _Optional[int] = ..., highest_version_seen: _Optional[int] = ...) -> None: ...
+    rollout: RolloutStatus
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ..., serving_version: _Optional[int] = ..., highest_version_seen: _Optional[int] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
 
 class VersionStatus(_message.Message):
     __slots__ = ("version", "state", "reason", "provenance", "pinned", "size", "sha256")

@@ -1,0 +1,54 @@
+"""The reference (background) data of a sealed model: `reference.npz`, array `x`, one row per sample.
+
+It is a small sample of PUBLIC data (never client data) that the release path packs beside the model
+before sealing (gateway/release/reference.py), so it is signed with the model. A signed file is still
+untrusted input: it is read with `allow_pickle=False`, its uncompressed size is checked before anything
+is decompressed, and only finite numbers of a regular shape are accepted.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from gateway.errors import NotExplainable
+
+REFERENCE_FILE = "reference.npz"
+ARRAY = "x"
+MAX_ROWS = 100  # KernelSHAP's cost grows with the background: more rows are thinned, evenly spaced
+MAX_UNCOMPRESSED = 64 << 20  # bytes of the `x` array once decompressed
+
+
+def load_reference(files: Mapping[str, bytes]) -> np.ndarray:
+    """The background rows (float64, [n, ...], 1 <= n <= MAX_ROWS) of the `reference.npz` among `files`.
+
+    NotExplainable (FAILED_PRECONDITION) when there is none or it cannot be used, saying why.
+    """
+    data = files.get(REFERENCE_FILE)
+    if data is None:
+        raise NotExplainable(
+            f"the model carries no {REFERENCE_FILE} (reference data to explain against): release it with one "
+            "(sealgate release packs one from the public data)"
+        )
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            size = archive.getinfo(f"{ARRAY}.npy").file_size
+        if size > MAX_UNCOMPRESSED:
+            raise NotExplainable(f"{REFERENCE_FILE}: array {ARRAY!r} is {size} bytes, over {MAX_UNCOMPRESSED}")
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            x = np.asarray(arrays[ARRAY])
+    except KeyError:
+        raise NotExplainable(f"{REFERENCE_FILE} has no array {ARRAY!r}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise NotExplainable(f"{REFERENCE_FILE} cannot be read: {str(exc)[:120]}") from None
+    if x.dtype.kind not in "fiu" or x.ndim < 2 or x.shape[0] < 1 or x[0].size < 1:
+        raise NotExplainable(f"{REFERENCE_FILE}: {ARRAY!r} must be numbers of shape [rows, features...]")
+    rows = x.astype(np.float64)
+    if not np.isfinite(rows).all():
+        raise NotExplainable(f"{REFERENCE_FILE}: {ARRAY!r} holds NaN or infinite values")
+    if len(rows) > MAX_ROWS:
+        rows = rows[np.linspace(0, len(rows) - 1, MAX_ROWS).round().astype(np.int64)]
+    return rows

@@ -1,0 +1,191 @@
+"""The dynamic batcher over real ONNX Runtime models: exact splitting, dispatch rules, errors, bounds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from gateway.backends import BackendConfig, LoadedModel, load_model
+from gateway.errors import InvalidInput, Overloaded, Unavailable
+from gateway.serving.batching import Batching, BatchingModel, BatchPolicy, batchable
+from tests.models import ONNX_OPSET, make_onnx_gather, make_onnx_mlp
+
+ONE_THREAD = BackendConfig(intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> Iterator[LoadedModel]:
+    model = load_model(make_onnx_mlp(16, (32,), 3, seed=2), ONE_THREAD)
+    yield model
+    model.close()
+
+
+def _batcher(inner: LoadedModel, **policy: Any) -> BatchingModel:
+    """A batcher that never closes `inner` (shared by the module's tests)."""
+
+    class Keep:
+        platform, inputs, outputs = inner.platform, inner.inputs, inner.outputs
+        infer = staticmethod(inner.infer)
+
+        def close(self) -> None:
+            pass
+
+    return BatchingModel("m", Keep(), BatchPolicy(**policy))
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+
+
+def test_concurrent_requests_are_batched_and_split_back_byte_identical(mlp: LoadedModel) -> None:
+    batcher = _batcher(mlp, max_batch_size=16, max_queue_delay_us=20_000)
+    inputs = [_rows(1 + i % 4, i) for i in range(24)]
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(lambda x: batcher.infer({"input": x}), inputs))
+    finally:
+        batcher.close()
+    for x, out in zip(inputs, got, strict=True):
+        assert out["output"].tobytes() == mlp.infer({"input": x})["output"].tobytes()
+        assert out["output"].shape == (x.shape[0], 3)
+    sizes = batcher._stats.batch_sizes("m")
+    assert sum(sizes.values()) < len(inputs)  # requests were merged
+    assert max(sizes) > 4  # a batch larger than any single request ran
+
+
+def test_a_lone_request_waits_at_most_the_queue_delay(mlp: LoadedModel) -> None:
+    batcher = _batcher(mlp, max_batch_size=8, max_queue_delay_us=30_000)
+    try:
+        started = time.perf_counter_ns()
+        _, began, _ = batcher.submit({"input": _rows(1, 0)}).result(5)
+    finally:
+        batcher.close()
+    waited = (began - started) / 1e6
+    assert 25 <= waited < 250, waited
+
+
+def test_a_full_or_preferred_batch_goes_at_once(mlp: LoadedModel) -> None:
+    for policy in ({"max_batch_size": 4}, {"max_batch_size": 8, "preferred_batch_sizes": (4,)}):
+        batcher = _batcher(mlp, max_queue_delay_us=5_000_000, **policy)
+        try:
+            started = time.monotonic()
+            futures = [batcher.submit({"input": _rows(1, i)}) for i in range(4)]
+            results = [f.result(3) for f in futures]
+        finally:
+            batcher.close()
+        assert time.monotonic() - started < 2.0
+        assert len({began for _, began, _ in results}) == 1  # one batch
+
+
+def test_a_failing_batch_fails_each_request_with_the_same_typed_error() -> None:
+    gather = load_model(make_onnx_gather(4))
+    batcher = BatchingModel("g", gather, BatchPolicy(max_batch_size=8, max_queue_delay_us=200_000))
+    good = batcher.submit({"index": np.array([1, 2], dtype=np.int64)})
+    bad = batcher.submit({"index": np.array([99], dtype=np.int64)})  # passes the spec, fails in ORT
+    errors = []
+    for future in (good, bad):
+        with pytest.raises(InvalidInput) as caught:
+            future.result(5)
+        errors.append(caught.value)
+    assert errors[0] is not errors[1] and str(errors[0]) == str(errors[1])
+    alone = batcher.infer({"index": np.array([3], dtype=np.int64)})  # the next batch is unaffected
+    assert alone["value"].tolist() == [3.0]
+    batcher.close()
+    with pytest.raises(Unavailable):
+        batcher.infer({"index": np.array([0], dtype=np.int64)})
+
+
+def test_a_bad_request_is_refused_alone_before_it_is_queued(mlp: LoadedModel) -> None:
+    batcher = _batcher(mlp, max_batch_size=8, max_queue_delay_us=100_000)
+    try:
+        good = batcher.submit({"input": _rows(2, 1)})
+        with pytest.raises(InvalidInput, match="dimension 1 must be 16"):
+            batcher.submit({"input": np.zeros((1, 5), dtype=np.float32)})
+        with pytest.raises(InvalidInput, match="unknown output"):
+            batcher.submit({"input": _rows(1, 2)}, ["nope"])
+        assert good.result(5)[0]["output"].shape == (2, 3)
+    finally:
+        batcher.close()
+
+
+def test_the_queue_is_bounded(mlp: LoadedModel) -> None:
+    batcher = _batcher(mlp, max_batch_size=64, max_queue_delay_us=2_000_000, max_queue_size=2)
+    try:
+        first = [batcher.submit({"input": _rows(1, i)}) for i in range(2)]
+        with pytest.raises(Overloaded, match="queue"):
+            batcher.submit({"input": _rows(1, 9)})
+    finally:
+        batcher.close()  # close runs what is queued
+    assert all(f.result(5)[0]["output"].shape == (1, 3) for f in first)
+
+
+def test_groups_by_shape_and_runs_oversized_requests_alone() -> None:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "k"])],
+    )
+    files = {
+        "model.onnx": helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]).SerializeToString()
+    }
+    batcher = BatchingModel("r", load_model(files), BatchPolicy(max_batch_size=4, max_queue_delay_us=50_000))
+    shapes = [(1, 3), (2, 5), (1, 3), (9, 3), (1, 5)]
+    xs = [np.random.default_rng(i).standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)]
+    barrier = threading.Barrier(len(xs))
+
+    def call(x: np.ndarray) -> np.ndarray:
+        barrier.wait()
+        return batcher.infer({"x": x})["y"]
+
+    with ThreadPoolExecutor(len(xs)) as pool:
+        got = list(pool.map(call, xs))
+    batcher.close()
+    for x, y in zip(xs, got, strict=True):
+        assert y.tobytes() == np.maximum(x, 0).tobytes()
+
+
+def test_only_models_with_a_dynamic_leading_dimension_are_wrapped(mlp: LoadedModel) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    files = {
+        "model.onnx": helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]).SerializeToString()
+    }
+    fixed = load_model(files)
+    assert batchable(mlp) and not batchable(fixed)
+    batching = Batching(BatchPolicy(), frozenset({"mlp"}))
+    assert batching.wrap("fixed", fixed) is fixed
+    assert batching.wrap("other", mlp) is mlp  # not opted in
+    wrapped = batching.wrap("mlp", mlp)
+    assert isinstance(wrapped, BatchingModel) and isinstance(wrapped, LoadedModel)
+    assert wrapped.platform == mlp.platform and wrapped.inputs == mlp.inputs
+    wrapped._closed = True  # stop its scheduler without closing the shared model
+    with wrapped._cond:
+        wrapped._cond.notify_all()
+    fixed.close()
+
+
+def test_batching_section_is_validated_and_off_by_default() -> None:
+    from gateway.config import Config
+    from gateway.errors import ConfigError
+
+    assert Config().batching.enabled is False
+    good = Config().replaced(batching={"enabled": True, "models": ["mlp"], "preferred_batch_sizes": [8, 16]})
+    assert Batching.of(good.batching).models == frozenset({"mlp"})
+    for bad in ({"preferred_batch_sizes": [64]}, {"max_batch_size": 0}, {"max_queue_delay_us": -1}, {"models": [""]}):
+        with pytest.raises(ConfigError, match=r"\[batching\]"):
+            Config().replaced(batching={"enabled": True, **bad})
+    with pytest.raises(ConfigError, match="unknown key"):
+        Config().replaced(batching={"max_delay": 5})
