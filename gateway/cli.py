@@ -834,6 +834,7 @@ BENCHES = {
     "privacy": "fl_privacy_utility.py",
     "batch": "batch_bench.py",  # dynamic batching and front-end workers on a heavy MLP
     "explain": "explain_bench.py",  # latency per explanation (KernelSHAP, occlusion) on the digits MLP
+    "trace": "trace_bench.py",  # the cost of OpenTelemetry tracing per call
 }
 
 
