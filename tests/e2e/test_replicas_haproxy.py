@@ -561,8 +561,10 @@ def test_kill_one_replica_under_load(cluster: Cluster) -> None:
     in_flight = [c for c in failures if not WRITE_ON_DEAD_CONNECTION.search(c[2])]
     assert len(in_flight) <= in_flight_bound, figures  # the calls it had in flight
     assert len({c[3] for c in failures}) <= in_flight_bound, figures  # only clients that were routed to it
-    per_client = [sum(1 for c in failures if c[3] == client) for client in {c[3] for c in failures}]
-    assert max(per_client, default=0) <= 2, figures
+    # beyond those: calls a client wrote onto its connection to the victim in the milliseconds before gRPC saw it
+    # close (sendmsg: Broken pipe / in-progress write), a few per affected client, all within the second below
+    on_dead = [c for c in failures if WRITE_ON_DEAD_CONNECTION.search(c[2])]
+    assert len(on_dead) <= 2 * in_flight_bound, figures
     assert all(c[0] - killed_at < 1.0 for c in failures), figures
     assert len(after_kill) > len(failures), "the survivors did not keep serving"
     assert cluster.server_states()[victim.name] == "UP" and restarted_at > killed_at
