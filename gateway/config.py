@@ -8,10 +8,12 @@ against the file's folder. A loaded `Config` is frozen: `Config.replaced` gives 
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError
@@ -21,6 +23,7 @@ from gateway.errors import ConfigError
 DEV_ISSUER = "https://sealgate.local/dev-issuer"
 DEV_AUDIENCE = "sealgate"
 DEFAULT_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # gateway/serving/repository.py NAME_PATTERN
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,37 @@ class RolloutSection:
     runtime_failover: bool = True  # a default version failing at run time hands over to the previous good one
     failover_window: int = 50  # recent requests of the default version failover looks at
     failover_max_errors: int = 10  # backend errors among them that trigger failover
+    warm_standby: bool = True  # keep the previous good version loaded (one per model): failover is a route swap
+    mode: str = ""  # rollout of a plain push (no --canary/--shadow): "", "canary" or "shadow"
+    percent: int = 10  # with `mode`: the share of traffic (1-100) the pushed version takes or mirrors
+    sticky: bool = False  # with mode "canary": split by caller subject rather than by request
+    # per-model overrides of the keys above, as [rollout.models.NAME] tables (written instead of this line)
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check each [rollout.models.NAME] table (known keys, right types) and freeze it: name -> overrides."""
+        tables: dict[str, Mapping[str, Any]] = {}
+        if not isinstance(self.models, Mapping):
+            raise ConfigError("[rollout] models must be a table of [rollout.models.NAME] tables")
+        for name, table in self.models.items():
+            if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+                raise ConfigError(f"[rollout.models] {name!r} is not a model name (1-64 of A-Z a-z 0-9 . _ -)")
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"[rollout.models.{name}] must be a table")
+            where = f"rollout.models.{name}"
+            known = {f.name for f in dataclasses.fields(self)} - {"models"}
+            unknown = sorted(set(table) - known)
+            if unknown:
+                raise ConfigError(f"unknown key {unknown[0]!r} in [{where}] (known: {', '.join(sorted(known))})")
+            tables[name] = MappingProxyType(
+                {k: _coerce(v, getattr(RolloutSection, k), f"[{where}] {k}") for k, v in table.items()}
+            )
+        object.__setattr__(self, "models", MappingProxyType(tables))
+
+    def for_model(self, name: str) -> RolloutSection:
+        """The settings of one model: these defaults with its [rollout.models.NAME] overrides applied."""
+        overrides = self.models.get(name)
+        return dataclasses.replace(self, models={}, **overrides) if overrides else self
 
 
 @dataclass(frozen=True)
@@ -250,15 +284,9 @@ class Config:
             raise ConfigError("[repository] latest must be >= 1")
         if self.repository.version_policy == "specific" and not self.repository.versions:
             raise ConfigError("[repository] versions must list at least one version for policy 'specific'")
-        ro = self.rollout
-        if min(ro.promote_after, ro.min_samples, ro.window, ro.failover_window, ro.failover_max_errors) < 1:
-            raise ConfigError("[rollout] promote_after, min_samples, window and failover_* must be >= 1")
-        if ro.max_error_rate_delta < 0 or ro.max_latency_ratio < 1 or not 0 <= ro.max_disagreement <= 1:
-            raise ConfigError(
-                "[rollout] needs max_error_rate_delta >= 0, max_latency_ratio >= 1, max_disagreement in [0, 1]"
-            )
-        if ro.compare not in ("values", "argmax"):
-            raise ConfigError("[rollout] compare must be 'values' or 'argmax'")
+        _validate_rollout(self.rollout, "rollout")
+        for name in self.rollout.models:
+            _validate_rollout(self.rollout.for_model(name), f"rollout.models.{name}")
         if self.server.max_concurrent_requests < 0:
             raise ConfigError("[server] max_concurrent_requests must be >= 0 (0: no limit)")
         if self.server.max_message_bytes < 1024:
@@ -303,6 +331,24 @@ class Config:
         _validate_explain(self.explain)
         _validate_observability(self.tracing, self.log)
         return self
+
+
+def _validate_rollout(ro: RolloutSection, where: str) -> None:
+    """[rollout] or one [rollout.models.NAME]: positive counts, sane ratios, a known compare and mode."""
+    if min(ro.promote_after, ro.min_samples, ro.window, ro.failover_window, ro.failover_max_errors) < 1:
+        raise ConfigError(f"[{where}] promote_after, min_samples, window and failover_* must be >= 1")
+    if ro.max_error_rate_delta < 0 or ro.max_latency_ratio < 1 or not 0 <= ro.max_disagreement <= 1:
+        raise ConfigError(
+            f"[{where}] needs max_error_rate_delta >= 0, max_latency_ratio >= 1, max_disagreement in [0, 1]"
+        )
+    if ro.compare not in ("values", "argmax"):
+        raise ConfigError(f"[{where}] compare must be 'values' or 'argmax'")
+    if ro.mode not in ("", "canary", "shadow"):
+        raise ConfigError(f"[{where}] mode must be '', 'canary' or 'shadow'")
+    if not 1 <= ro.percent <= 100:
+        raise ConfigError(f"[{where}] percent must be from 1 to 100")
+    if ro.sticky and ro.mode != "canary":
+        raise ConfigError(f"[{where}] sticky applies to mode 'canary' only")
 
 
 def _validate_proxy(tls: TlsConfig) -> None:

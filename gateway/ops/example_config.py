@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import tokenize
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def toml_value(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, tuple | list | frozenset | set):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a dict, or a frozen MappingProxyType ([rollout] models)
         return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return toml_value({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -65,5 +66,11 @@ def push_rollout(request: Any) -> dict[str, Any]:
 
 
 def rollout_settings(config: Config) -> RolloutSettings:
-    """The manager's rollout thresholds from the `[rollout]` section."""
-    return RolloutSettings(**dataclasses.asdict(config.rollout))
+    """The manager's rollout thresholds from `[rollout]`, with each `[rollout.models.NAME]` merged over them."""
+    section = config.rollout
+
+    def flat(s: Any) -> RolloutSettings:
+        return RolloutSettings(**{f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "models"})
+
+    models = {name: flat(section.for_model(name)) for name in section.models}
+    return dataclasses.replace(flat(section), models=MappingProxyType(models))

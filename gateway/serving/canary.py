@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,15 @@ class RolloutSettings:
     runtime_failover: bool = True  # a failing default version hands over to the previous good one
     failover_window: int = 50  # recent outcomes of the default version that failover looks at
     failover_max_errors: int = 10  # backend errors among them that trigger failover
+    warm_standby: bool = True  # keep the previous good version loaded, so failover is a route swap
+    mode: str = ""  # the rollout a plain push starts ("", "canary", "shadow")
+    percent: int = 10  # its share of traffic
+    sticky: bool = False  # canary split by caller subject
+    models: Mapping[str, RolloutSettings] = field(default_factory=dict)  # per-model settings (overrides applied)
+
+    def for_model(self, name: str) -> RolloutSettings:
+        """The settings `name` is judged by: its own when configured, else these defaults."""
+        return self.models.get(name, self)
 
 
 @dataclass(frozen=True)
@@ -363,30 +372,38 @@ class Rollout:
 
 
 class Health:
-    """The last outcomes of a model's default version, for runtime failover (bounded; one append per call)."""
+    """Runtime-failover watch of a model's default version: cheap on success (one integer increment, no lock).
 
-    def __init__(self, version: int, window: int, max_errors: int) -> None:
-        """Watch `version`: failing when `max_errors` of its last `window` outcomes were backend errors."""
-        self.version = version
+    It keeps the request index of each of the last `max_errors` backend errors; failover trips when they all
+    fall within the last `window` requests. Successes only advance `calls`; unlocked `+=` from several threads
+    may lose an increment now and then, which only stretches the window a little.
+    """
+
+    __slots__ = ("calls", "errors", "max_errors", "served", "tripped", "version", "window")
+
+    def __init__(self, served: ServedModel, window: int, max_errors: int) -> None:
+        """Watch `served`: failing when `max_errors` of its last `window` outcomes were backend errors."""
+        self.served = served
+        self.version = served.version
+        self.window = window
         self.max_errors = max_errors
-        self.outcomes: deque[bool] = deque(maxlen=window)
+        self.calls = 0
+        self.errors: deque[int] = deque(maxlen=max_errors)
         self.tripped = False
 
-    def add(self, ok: bool) -> bool:
-        """Record one outcome; True the first time the threshold is crossed."""
-        self.outcomes.append(ok)
-        if ok or self.tripped:
+    def failed(self) -> bool:
+        """Record one backend error; True the first time the threshold is crossed."""
+        self.calls += 1
+        self.errors.append(self.calls)
+        if self.tripped or len(self.errors) < self.max_errors or self.calls - self.errors[0] >= self.window:
             return False
-        if sum(1 for o in list(self.outcomes) if not o) >= self.max_errors:
-            self.tripped = True
-            return True
-        return False
+        self.tripped = True
+        return True
 
     def figures(self) -> dict[str, float]:
-        """What failover decided on."""
-        window = list(self.outcomes)
-        errors = sum(1 for o in window if not o)
-        return {"errors": float(errors), "window": float(len(window))}
+        """What failover decided on: backend errors among the last `window` requests."""
+        recent = sum(1 for i in list(self.errors) if self.calls - i < self.window)
+        return {"errors": float(recent), "window": float(min(self.calls, self.window))}
 
 
 def plan_text(plan: RolloutPlan) -> str:

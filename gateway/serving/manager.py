@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from gateway.artifact.keys import Identity
@@ -152,17 +153,25 @@ class ModelManager:
         inputs: Mapping[str, Any] | None = None,
         outputs: Mapping[str, Any] | None = None,
     ) -> None:
-        """The data plane's report of one call: feeds the model's rollout, or runtime failover of its default."""
+        """The data plane's report of one call: feeds the model's rollout, or runtime failover of its default.
+
+        The common case (no rollout, a success) takes no lock and allocates nothing: a dict lookup, two slot
+        reads, an identity check and one integer increment.
+        """
         route = self._routes.get(served.name)
         if route is None:
             return
-        if route.rollout is not None:
-            route.rollout.observe(served.version, seconds, error, inputs, outputs)
+        rollout = route.rollout
+        if rollout is not None:
+            rollout.observe(served.version, seconds, error, inputs, outputs)
             return
         health = route.health
-        if health is not None and health.version == served.version:
-            if health.add(error is None or not is_backend_error(error)):
-                self._spawn(self._failover, served.name, served.version, health.figures())
+        if health is None or health.served is not served:
+            return
+        if error is None:
+            health.calls += 1
+        elif is_backend_error(error) and health.failed():
+            self._trip(served.name, health)
 
     def rollout_state(self, name: str) -> dict[str, Any] | None:
         """The rollout in progress (mode, percent, versions, live figures) or the last decision; None if neither."""
@@ -400,8 +409,11 @@ class ModelManager:
                 break
             for version in missing:
                 self._bring_up(entries[version], cache.pop(version, None))
+        standby = self._standby(name, entries, desired, record)
+        if standby is not None and entries[standby].served is None:
+            self._bring_up(entries[standby], cache.pop(standby, None))  # off the request path: poll or push
         cache.clear()
-        self._publish(name, entries, desired, record)
+        self._publish(name, entries, desired, record, standby)
         self._raise_floor(name, entries)
         route = self._routes.get(name)
         if record.rollout is not None and (route is None or route.rollout is None):
@@ -418,10 +430,12 @@ class ModelManager:
         except Exception as exc:  # the version is refused; whatever served keeps serving
             self._refuse(entry, exc)
 
-    def _publish(self, name: str, entries: Mapping[int, Entry], desired: set[int], record: ModelRecord) -> None:
+    def _publish(
+        self, name: str, entries: Mapping[int, Entry], desired: set[int], record: ModelRecord, standby: int | None
+    ) -> None:
         """Swap in the new route and set every version's state, in one step under the lock."""
         with self._lock, self._verifier.step("swap", name, 0):
-            route, unused = self._router.publish(name, entries, desired, record)
+            route, unused = self._router.publish(name, entries, desired, record, standby)
             route = self._attach(name, route, record)
             for served in unused:
                 served.model.close()
@@ -434,7 +448,7 @@ class ModelManager:
     def _attach(self, name: str, route: Route, record: ModelRecord) -> Route:
         """The route with its live rollout (kept across republishing) and failover watch (caller holds the lock)."""
         old = self._routes.get(name)
-        plan, settings = record.rollout, self.rollout_settings
+        plan, settings = record.rollout, self.rollout_settings.for_model(name)
         rollout: Rollout | None = None
         if plan is not None and plan.stable in route.by_version and plan.candidate in route.by_version:
             live = old.rollout if old is not None else None
@@ -446,11 +460,48 @@ class ModelManager:
         health: Health | None = None
         if route.default is not None and settings.runtime_failover and rollout is None:
             kept = old.health if old is not None else None
-            if kept is not None and kept.version == route.default.version:
+            if kept is not None and kept.served is route.default:
                 health = kept
             else:
-                health = Health(route.default.version, settings.failover_window, settings.failover_max_errors)
-        return dataclasses.replace(route, rollout=rollout, health=health)
+                health = Health(route.default, settings.failover_window, settings.failover_max_errors)
+        standby = route.standby if health is not None and settings.warm_standby else None
+        return dataclasses.replace(route, rollout=rollout, health=health, standby=standby)
+
+    def _standby(self, name: str, entries: Mapping[int, Entry], desired: set[int], record: ModelRecord) -> int | None:
+        """The version to keep warm for failover: the highest good one below the default-to-be (or None).
+
+        None during a rollout (both sides are loaded anyway), under an operator's pin (failover is off), or
+        when `warm_standby` / `runtime_failover` is off for this model. Caller holds the model's lock.
+        """
+        settings = self.rollout_settings.for_model(name)
+        if not (settings.warm_standby and settings.runtime_failover) or record.rollout is not None:
+            return None
+        if record.operator_pinned or not desired:
+            return None
+        default = record.pinned if record.pinned in desired else max(desired)
+        for version in sorted((v for v in entries if v < default), reverse=True):
+            entry = entries[version]
+            if entry.loadable and not entry.late and version not in record.rejected:
+                return version
+        return None
+
+    def _trip(self, name: str, health: Health) -> None:
+        """The default version crossed the failover threshold (on a request's thread): swap the warm standby
+        into the route at once, under the lock, then make it durable (ledger, audit) in the background."""
+        swapped: int | None = None
+        settings = self.rollout_settings.for_model(name)
+        record = self._ledger.record(name)
+        if settings.runtime_failover and not record.operator_pinned and record.rollout is None:
+            with self._lock:
+                route = self._routes.get(name)
+                standby = route.standby if route is not None and route.health is health else None
+                if route is not None and standby is not None:
+                    by_version = MappingProxyType({**route.by_version, standby.version: standby})
+                    self._routes[name] = dataclasses.replace(
+                        route, default=standby, by_version=by_version, health=None, standby=None
+                    )
+                    swapped = standby.version
+        self._spawn(self._failover, name, health.version, health.figures(), swapped)
 
     def _serving(self, name: str, version: int) -> ServedModel | None:
         """The serving model of `name` at `version` now, or None."""
@@ -524,19 +575,30 @@ class ModelManager:
         self._reconcile(name, {})
         self._audit(name, plan.candidate, f"rollout.{action}", reason)
 
-    def _failover(self, name: str, version: int, figures: Mapping[str, float]) -> None:
-        """The default version is failing at run time: pin the highest earlier good version (audited)."""
+    def _failover(self, name: str, version: int, figures: Mapping[str, float], swapped: int | None = None) -> None:
+        """The default version is failing at run time: pin the highest earlier good version (audited).
+
+        `swapped`: the warm standby `_trip` already routed to; pinned here (durable), or undone by a reconcile
+        when the failover no longer applies."""
         with self._name_lock(name):
             record = self._ledger.record(name)
-            if not self.rollout_settings.runtime_failover or record.operator_pinned or record.rollout is not None:
-                return
-            if self.default_version(name) != version:
+            settings = self.rollout_settings.for_model(name)
+            current = self.default_version(name)
+            if (
+                not settings.runtime_failover
+                or record.operator_pinned
+                or record.rollout is not None
+                or current is None
+                or current not in (version, swapped)
+            ):
+                if swapped is not None and current == swapped:
+                    self._reconcile(name, {})  # the route from the ledger again
                 return
             reason = (
                 f"runtime failover: v{version} failed {int(figures['errors'])} of its last "
                 f"{int(figures['window'])} requests with backend errors"
             )
-            target = self._previous_good(name, version, record)
+            target = swapped if swapped is not None else self._previous_good(name, version, record)
             if target is None:
                 log.error("model %r: %s, and no earlier version can serve", name, reason)
                 return
@@ -646,9 +708,12 @@ class ModelManager:
                 f"model {name!r} has a rollout in progress ({plan_text(current)}): wait for its decision, "
                 "or end it with an explicit rollback"
             )
+        stable = self.default_version(name)
+        if not mode and stable is not None:  # a plain push: the model's configured rollout, if any
+            configured = self.rollout_settings.for_model(name)
+            mode, percent, sticky = configured.mode, configured.percent, configured.sticky
         if not mode:
             return None
-        stable = self.default_version(name)
         if stable is None:
             raise RollbackRefused(f"model {name!r} has no serving version for a {mode} rollout to compare with")
         return RolloutPlan(stable, version, mode, percent, sticky, now_rfc3339())

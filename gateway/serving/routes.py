@@ -22,6 +22,8 @@ from gateway.serving.status import ModelState, ServedModel
 
 log = logging.getLogger("sealgate.serving")
 
+STANDBY_REASON = "warm standby: loaded, not routed; runtime failover swaps it in at once"
+
 
 @dataclass(frozen=True)
 class Route:
@@ -32,6 +34,7 @@ class Route:
     blocked: str = ""
     rollout: Any = None  # the live canary.Rollout when one runs (default is then its stable version)
     health: Any = None  # the canary.Health watching the default version for runtime failover
+    standby: ServedModel | None = None  # the previous good version, loaded but not routed: failover's target
 
 
 class Router:
@@ -68,10 +71,16 @@ class Router:
         return lambda version, held: version in versions or version == pinned
 
     def publish(
-        self, name: str, entries: Mapping[int, Entry], desired: set[int], record: ModelRecord
+        self,
+        name: str,
+        entries: Mapping[int, Entry],
+        desired: set[int],
+        record: ModelRecord,
+        standby: int | None = None,
     ) -> tuple[Route, list[ServedModel]]:
         """Set every version's state for the new route and build it (caller holds the manager's lock).
 
+        `standby`, when loaded, stays loaded as the route's warm standby (AVAILABLE unless it also serves).
         Returns the route and the models that were loaded but not selected, for the caller to close.
         """
         by_version = {v: served for v in desired if (served := entries[v].served) is not None}
@@ -81,8 +90,11 @@ class Router:
         for version, entry in entries.items():
             if version in by_version:
                 entry.state, entry.reason = ModelState.SERVING, "" if entry.file_ok else entry.reason
+            elif version == standby and entry.served is not None:
+                entry.state, entry.reason = ModelState.AVAILABLE, STANDBY_REASON
             elif entry.served is not None:
-                if entry.state is ModelState.SERVING:
+                # a former standby served before (requests may still hold it): retired like a serving one
+                if entry.state is ModelState.SERVING or entry.reason == STANDBY_REASON:
                     entry.state, entry.reason = ModelState.RETIRED, retired_by(version)
                     log.info("model %r version %d retired: %s", name, version, entry.reason)
                 else:  # loaded for a push or rollback but not selected: no request ever held it
@@ -92,6 +104,9 @@ class Router:
             elif entry.state is ModelState.LOADING or (entry.valid and entry.state is ModelState.AVAILABLE):
                 entry.state, entry.reason = ModelState.AVAILABLE, self.idle_reason(entry, record)
         route = Route(by_version[default] if default is not None else None, MappingProxyType(by_version), blocked)
+        kept = entries[standby].served if standby is not None and standby in entries else None
+        if kept is not None and default is not None and standby != default:
+            route = Route(route.default, route.by_version, blocked, standby=kept)
         return route, unused
 
     @staticmethod

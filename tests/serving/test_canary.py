@@ -5,6 +5,7 @@ healthy; the decision, the ledger and anti-rollback after each; a restart mid-ca
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -19,13 +20,16 @@ import tritonclient.grpc as grpcclient
 from onnx import helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
-from gateway.errors import InvalidInput
+from gateway.config import load_config
+from gateway.errors import ConfigError, InvalidInput
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
 from gateway.release.rollout import rollout_request, rollout_summary
 from gateway.server.app import GatewayThread
-from gateway.serving.canary import PROMOTE, ROLLBACK, Rollout, RolloutSettings
+from gateway.serving.canary import PROMOTE, ROLLBACK, Health, Rollout, RolloutSettings
 from gateway.serving.ledger import Ledger, LedgerFile, ModelRecord, Rollback, RolloutPlan
+from gateway.serving.routes import STANDBY_REASON
+from gateway.serving.status import ServedModel
 from tests import harness
 from tests.models import make_onnx_mlp
 
@@ -322,18 +326,36 @@ def test_shadow_answers_only_from_stable_and_disagreement_rolls_back(env: harnes
 def test_runtime_failover_to_previous_good_version(env: harness.Env, gateway: Any) -> None:
     push(env, gateway, 2, erroring_files())  # a plain push: smoke test (one row) passes, v2 serves alone
     wait_for(lambda: gateway.manager.default_version(NAME) == 2)
-    outcomes = load(env, gateway, threads=2, per_thread=40)
+    standby = {st.version: st for st in gateway.manager.status(NAME)}[1]
+    assert standby.state.name == "AVAILABLE" and standby.reason == STANDBY_REASON  # v1 kept warm, not routed
+    assert gateway.manager.versions(NAME) == [2]
+    threads = 2
+    outcomes = load(env, gateway, threads=threads, per_thread=40)
     failures = [o for o in outcomes if not o.ok]
-    assert len(failures) >= SETTINGS["failover_max_errors"] and all("INTERNAL" in o.version for o in failures)
+    # failover is a route swap: failures stop at the threshold plus the calls already in flight
+    assert SETTINGS["failover_max_errors"] <= len(failures) <= SETTINGS["failover_max_errors"] + threads
+    assert all("INTERNAL" in o.version for o in failures)
     assert all(o.version == "1" for o in outcomes if o.ok)  # v2 never answered rows it cannot run
-    wait_for(lambda: gateway.manager.default_version(NAME) == 1)  # v1 is loaded again, verified, smoke-tested
+    assert gateway.manager.default_version(NAME) == 1  # swapped on the failing request's thread, no reload
     after = load(env, gateway, threads=2, per_thread=20)
     assert all(o.ok and o.version == "1" for o in after)
-    rec = record(env)
+    rec = wait_for(lambda: (r := record(env)).pinned == 1 and r)
     assert (rec.pinned, rec.highest_seen, rec.rejected) == (1, 2, ())
     assert rec.last_rollback is not None and rec.last_rollback.by == "failover"
-    lines = audit_of(env, gateway, "rollout.failover")
+    lines = wait_for(lambda: audit_of(env, gateway, "rollout.failover"))
     assert len(lines) == 1 and lines[0]["version"] == "1" and "backend errors" in lines[0]["reason"]
+
+
+def test_without_warm_standby_failover_reloads_the_previous_version(tmp_path: Path) -> None:
+    env = make(tmp_path, warm_standby=False)
+    with GatewayThread(env.config) as gw:
+        wait_for(lambda: gw.manager.default_version(NAME) == 1)
+        push(env, gw, 2, erroring_files())
+        v1 = {st.version: st for st in gw.manager.status(NAME)}[1]
+        assert v1.state.name == "RETIRED" and v1.reason != STANDBY_REASON  # nothing kept loaded
+        load(env, gw, threads=2, per_thread=20)
+        wait_for(lambda: gw.manager.default_version(NAME) == 1)  # re-verified, loaded, smoke-tested
+        assert record(env).last_rollback.by == "failover"  # type: ignore[union-attr]
 
 
 def test_operator_pin_disables_runtime_failover(env: harness.Env, gateway: Any) -> None:
@@ -457,3 +479,100 @@ def test_ledger_rollout_fields_round_trip_and_old_files_unchanged() -> None:
         RolloutPlan(1, 2, "canary", 0)
     with pytest.raises(InvalidInput):
         rollout_request(canary=10, shadow=10)
+
+
+# --- per-model settings ---------------------------------------------------------------------------
+PER_MODEL_TOML = f"""
+[rollout]
+promote_after = 100000
+min_samples = 15
+[rollout.models.{NAME}]
+mode = "canary"
+percent = 25
+promote_after = 20
+[rollout.models.other]
+warm_standby = false
+"""
+
+
+def test_per_model_table_starts_a_canary_on_a_plain_push(tmp_path: Path) -> None:
+    """[rollout.models.m] from a TOML file: a plain push of m starts its canary, judged by its own promote_after."""
+    env = harness.make_env(tmp_path)
+    path = tmp_path / "rollout.toml"
+    path.write_text(PER_MODEL_TOML)
+    section = load_config(path).rollout
+    assert section.for_model(NAME).promote_after == 20 and section.for_model("x").promote_after == 100000
+    assert section.for_model("other").warm_standby is False and section.for_model("other").mode == ""
+    env = dataclasses.replace(env, config=dataclasses.replace(env.config, rollout=section).validate())
+    harness.seal_model(env, NAME, 1, stable_files())
+    with GatewayThread(env.config) as gw:
+        wait_for(lambda: gw.manager.default_version(NAME) == 1)
+        push(env, gw, 2, stable_files())  # no --canary: the model's table asks for one
+        plan = record(env).rollout
+        assert plan is not None and (plan.mode, plan.percent, plan.stable, plan.candidate) == ("canary", 25, 1, 2)
+        outcomes = load(env, gw, threads=2, per_thread=60)
+        assert {"1", "2"} <= {o.version for o in outcomes} and all(o.ok for o in outcomes)
+        wait_for(lambda: gw.manager.default_version(NAME) == 2)  # promoted after 20, not the default 100000
+        lines = audit_of(env, gw, "rollout.promote")
+        assert len(lines) == 1 and "healthy over" in lines[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[rollout.models.m]\nbogus = 1\n", "unknown key 'bogus' in [rollout.models.m]"),
+        ("[rollout.models.m]\npercent = 0\n", "[rollout.models.m] percent must be from 1 to 100"),
+        ("[rollout.models.m]\nmode = 'blue'\n", "[rollout.models.m] mode must be"),
+        ("[rollout.models.m]\nsticky = true\n", "[rollout.models.m] sticky applies to mode 'canary' only"),
+        ("[rollout.models.m]\nwindow = 'x'\n", "[rollout.models.m] window must be a number"),
+        ("[rollout.models.m]\nmin_samples = 0\n", "[rollout.models.m] promote_after, min_samples"),
+        ('[rollout.models."../x"]\nwindow = 5\n', "is not a model name"),
+        ("[rollout]\nmodels = 3\n", "[rollout] models must be a table"),
+        ("[rollout.models]\nm = 3\n", "[rollout.models.m] must be a table"),
+    ],
+)
+def test_per_model_tables_are_checked(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(table)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert message in str(refused.value)
+
+
+# --- the failover watch and the hot path ---------------------------------------------------------
+def _served(version: int = 1) -> ServedModel:
+    return ServedModel(NAME, version, None, {}, 0.0)  # type: ignore[arg-type]
+
+
+def test_health_trips_once_when_errors_crowd_the_window() -> None:
+    health = Health(_served(), window=20, max_errors=5)
+    for _ in range(4):
+        assert not health.failed()
+        health.calls += 30  # errors spread wider than the window: never trips
+    assert not health.failed()  # 5 errors, but the oldest is far outside the last 20 requests
+    trips = [health.failed() for _ in range(10)]
+    assert trips.count(True) == 1 and trips.index(True) == 3  # the 5th error within 20 requests trips, once
+    assert health.figures() == {"errors": 5.0, "window": 20.0}
+
+
+def test_observe_hot_path_takes_no_lock(env: harness.Env, gateway: Any) -> None:
+    """No rollout, a success: observe counts one call and touches neither the manager's lock nor the ledger."""
+    manager = gateway.manager
+    served = manager.get(NAME)
+    health = manager._routes[NAME].health
+    before = health.calls
+
+    class Forbidden:
+        def __enter__(self) -> None:
+            raise AssertionError("the hot path took the manager's lock")
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    real, manager._lock = manager._lock, Forbidden()
+    try:
+        for _ in range(100):
+            manager.observe(served, 0.001, None, {}, {})
+    finally:
+        manager._lock = real
+    assert health.calls == before + 100

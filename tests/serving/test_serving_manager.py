@@ -38,6 +38,7 @@ from gateway.errors import (
 )
 from gateway.serving import ModelManager, ModelState, Repository, ServedModel, VersionPolicy
 from gateway.serving.ledger import STATE_NAME, LedgerFile
+from gateway.serving.routes import STANDBY_REASON
 from tests.models import ONNX_OPSET, make_onnx_mlp, mlp_reference
 
 NAME = "mlp"
@@ -187,7 +188,8 @@ def test_a_new_version_is_served_within_two_seconds(root: Path, keys: Keys, arti
             time.sleep(0.02)
         np.testing.assert_allclose(run(mgr.get(NAME)), expected(2), rtol=1e-5, atol=1e-5)
         assert mgr.get(NAME).provenance["seed"] == 2
-        assert states(mgr) == {1: ("RETIRED", "superseded by version 2"), 2: ("SERVING", "")}
+        # v1 stays loaded as the warm standby of runtime failover ([rollout] warm_standby), but is not routed
+        assert states(mgr) == {1: ("AVAILABLE", STANDBY_REASON), 2: ("SERVING", "")}
         assert mgr.versions(NAME) == [2]
     finally:
         mgr.close()
