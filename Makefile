@@ -42,6 +42,18 @@ bench: $(STAMP)
 	$(BIN)/sealgate bench optimize
 	$(BIN)/sealgate bench privacy
 
+# the Triton peer (bench/triton_peer.py): PyTriton's bundled tritonserver 2.51 in its own venv; not in `test` or `bench`
+TRITON_VENV ?= .venv-triton
+TRITON_ARGS ?=
+.PHONY: bench-triton
+$(TRITON_VENV)/.installed:
+	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime==1.32.0" "numpy==1.26.4"
+	touch $@
+
+bench-triton: $(STAMP) $(TRITON_VENV)/.installed
+	$(BIN)/python bench/triton_peer.py --triton-python $(TRITON_VENV)/bin/python $(TRITON_ARGS)
+
 # every fuzz harness for FUZZ_SECONDS each (coverage-guided, atheris); a crash fails the target
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
