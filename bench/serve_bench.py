@@ -6,11 +6,12 @@ for each server, its process's CPU time per request (all threads, from /proc), a
 server runs in its own process; the load generator in this one.
 
     python bench/serve_bench.py [--seconds 5] [--concurrency 1 16 64] [--repeats 3] [--intra-op-threads 0]
-                                [--baseline-ref GIT_REF] [--isolated]
+                                [--baseline-ref GIT_REF] [--isolated [--spin-us US ...]]
 
 With `--isolated`, another server runs in the same run: the gateway with `[backend] isolation = "process"`
 (the model in a sandboxed worker process), and an "isolated / in-process" table gives the cost of isolation
-(CPU per request then counts the gateway and its workers).
+(CPU per request then counts the gateway and its workers). `--spin-us 0 1000` runs one isolated gateway per
+`[backend] worker_spin_us` value instead, in the same run (what the worker's bounded spin buys and costs).
 
 With `--baseline-ref`, a third server runs in the same run: the gateway as it was at that commit (checked out
 into a temporary git worktree), so a change's cost is a ratio measured on the same machine at the same time
@@ -130,6 +131,13 @@ def main() -> None:
         action="store_true",
         help='also run the gateway with [backend] isolation = "process" and report isolated/in-process ratios',
     )
+    ap.add_argument(
+        "--spin-us",
+        type=float,
+        nargs="+",
+        default=[],
+        help="with --isolated: one isolated gateway per [backend] worker_spin_us value (default: the config's)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-"))
     gw_port, rest_port, bare_port = free_loopback_port(), free_loopback_port(), free_loopback_port()
@@ -167,16 +175,18 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     servers = {"bare": (bare_port, bare), "gw": (gw_port, gw)}
-    if args.isolated:
+    for spin in (args.spin_us or [None]) if args.isolated else []:
+        key = "iso" if spin is None else f"iso spin {spin:g}us"
         iso_port, iso_rest = free_loopback_port(), free_loopback_port()
-        iso_toml = work / "isolated.toml"
+        iso_toml = work / f"isolated-{len(servers)}.toml"
         iso_toml.write_text(
             (work / "sealgate.toml")
             .read_text()
             .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{iso_port}")
             .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{iso_rest}")
-            .replace('path = "audit.log"', 'path = "isolated-audit.log"')
+            .replace('path = "audit.log"', f'path = "isolated-{len(servers)}-audit.log"')
             + 'isolation = "process"\n'  # [backend] is the file's last section
+            + ("" if spin is None else f"worker_spin_us = {spin}\n")
         )
         iso = subprocess.Popen(
             [py, "-m", "gateway.cli", "serve", "--config", str(iso_toml)],
@@ -185,7 +195,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        servers["iso"] = (iso_port, iso)
+        servers[key] = (iso_port, iso)
     baseline_tree: Path | None = None
     if args.baseline_ref:
         baseline_tree = work / "baseline-tree"
@@ -238,11 +248,12 @@ def main() -> None:
                 f"{g['rps']:>11.0f} {g['p50_ms']:>7.2f} {g['p99_ms']:>7.2f} {g['cpu_us']:>6.0f}us | "
                 f"{g['rps'] / b['rps']:>9.2f} {g['p50_ms'] / b['p50_ms']:>9.2f}"
             )
-            if "iso" in med:
-                i = med["iso"]
+            for key in (k for k in med if k.startswith("iso")):
+                i = med[key]
                 isolated.append(
                     f"{c:>4} | {i['rps']:>12.0f} {i['p50_ms']:>7.2f} {i['p99_ms']:>7.2f} {i['cpu_us']:>6.0f}us | "
                     f"{i['rps'] / g['rps']:>18.3f} {i['p50_ms'] / g['p50_ms']:>18.3f}"
+                    + ("" if key == "iso" else f"  ({key[4:]})")
                 )
             if "before" in med:
                 o = med["before"]

@@ -116,6 +116,7 @@ class BackendSection:
     worker_max_crashes: int = 5  # isolation: this many crashes within worker_crash_window_s mark the model failed
     worker_crash_window_s: float = 60.0  # isolation: the window, seconds, in which worker_max_crashes are counted
     worker_slots: int = 2  # isolation: calls one worker runs at once
+    worker_spin_us: float = 1000.0  # isolation: an unloaded worker polls this long for the next call (0: sleep at once)
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ class Config:
             raise ConfigError("[backend] worker_deadline_s and worker_crash_window_s must be > 0, the backoff >= 0")
         if be.worker_max_crashes < 1 or not 1 <= be.worker_slots <= 64:
             raise ConfigError("[backend] worker_max_crashes must be >= 1, worker_slots between 1 and 64")
+        if not 0 <= be.worker_spin_us <= 10_000:
+            raise ConfigError("[backend] worker_spin_us must be between 0 and 10000")
         b = self.batching
         if not 1 <= b.max_batch_size <= 65536 or not 0 <= b.max_queue_delay_us <= 10_000_000 or b.max_queue_size < 1:
             raise ConfigError(

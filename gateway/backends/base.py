@@ -76,6 +76,7 @@ class BackendConfig:
     worker_slots: int = 2  # calls one worker runs at once (each slot: a socket and its part of the region)
     max_message_bytes: int = 4 << 20  # sizes each slot's part of the worker's shared tensor region
     landlock: bool = True  # workers sandbox themselves where the kernel can (off only in tests)
+    worker_spin_us: float = 1000.0  # an unloaded worker polls this long for the next call (0: sleep; 1 core: off)
 
     def __post_init__(self) -> None:
         """Refuse negative thread counts, a bare string of providers, and impossible worker settings."""
@@ -89,3 +90,5 @@ class BackendConfig:
             raise ConfigError("worker deadline and crash window must be positive, the restart backoff not negative")
         if self.worker_max_crashes < 1 or self.max_message_bytes < 1 or not 1 <= self.worker_slots <= 64:
             raise ConfigError("worker_max_crashes and max_message_bytes must be >= 1, worker_slots 1 to 64")
+        if not 0 <= self.worker_spin_us <= 10_000:
+            raise ConfigError("worker_spin_us must be between 0 and 10000")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ import pytest
 
 from gateway.auth import pki
 from gateway.backends import BackendConfig, load_model
-from gateway.backends.isolated import IsolatedModel, events, landlock, sandbox_status, wire
+from gateway.backends.isolated import IsolatedModel, events, landlock, process, sandbox_status, wire
 from gateway.config import Config
 from gateway.errors import ConfigError, InvalidInput, TooLarge, Unavailable
 from tests.models import make_onnx_gather, make_onnx_mlp, make_onnx_string_identity
@@ -178,23 +179,65 @@ def test_sandbox_status_says_when_landlock_is_absent(monkeypatch: pytest.MonkeyP
 
 
 # --- the gateway never trusts the worker's replies ------------------------------------------------
+FP32, BYTES_CODE = wire.CODES["FP32"], wire.CODES["BYTES"]
+
+
+def _reply(*descriptors: bytes, count: int | None = None) -> bytes:
+    """A success reply of `descriptors` (the count can lie)."""
+    return wire.REPLY.pack(wire.OK, len(descriptors) if count is None else count) + b"".join(descriptors)
+
+
+def _desc(index: int, code: int, dims: list[int], offset: int, nbytes: int) -> bytes:
+    return struct.pack(f"<HBBQQ{len(dims)}q", index, code, len(dims), offset, nbytes, *dims)
+
+
 @pytest.mark.parametrize(
-    "descriptor",
+    "message",
     [
-        ["x", "FP32", [2], 1 << 30, 8],  # outside the region
-        ["x", "FP32", [2], 0, 7],  # size does not match the shape
-        ["x", "OBJECT", [2], 0, 8],  # unknown datatype
-        ["x", "FP32", [-1], 0, 8],  # negative dimension
-        ["x", "BYTES", [2], 0, 6],  # BYTES element runs past its tensor
-        "x",
+        _reply(_desc(0, FP32, [2], 1 << 30, 8)),  # outside the region
+        _reply(_desc(0, FP32, [2], 4090, 8)),  # runs past the region's end
+        _reply(_desc(0, FP32, [2], 0, 7)),  # size does not match the shape
+        _reply(_desc(0, 200, [2], 0, 8)),  # unknown datatype
+        _reply(_desc(0, FP32, [-1], 0, 8)),  # negative dimension
+        _reply(_desc(0, FP32, [1 << 40, 1 << 40], 0, 8)),  # a shape far larger than its bytes
+        _reply(_desc(0, BYTES_CODE, [2], 0, 6)),  # BYTES element runs past its tensor
+        _reply(_desc(2, FP32, [2], 0, 8)),  # an output the model does not have
+        _reply(_desc(0, FP32, [2], 0, 8), _desc(0, FP32, [2], 64, 8)),  # the same output twice
+        _reply(_desc(0, FP32, [2], 0, 8), count=2),  # fewer descriptors than it says
+        _reply(_desc(0, FP32, [2], 0, 8), count=5),  # more outputs than the model has
+        _reply(_desc(0, FP32, [2], 0, 8)) + b"x",  # trailing bytes
+        _reply(struct.pack("<HBBQQ", 0, FP32, 65, 0, 0) + bytes(65 * 8)),  # rank above the limit
+        _reply(_desc(0, FP32, [2], 0, 8))[:-3],  # cut short
+        wire.REPLY.pack(99, 0),  # unknown status
+        wire.REPLY.pack(1, 50) + b"short",  # error text shorter than it says
+        b"\x00",  # shorter than a header
     ],
 )
-def test_malformed_worker_replies_are_refused(descriptor: object) -> None:
+def test_malformed_worker_replies_are_refused(message: bytes) -> None:
+    """Every binary reply field a worker controls is checked before the gateway reads the region."""
     region = memoryview(bytearray(4096))
     with pytest.raises(wire.WireError):
-        wire.read_tensors(region, 0, 4096, [descriptor], copy=True)
+        wire.read_reply(message, ("a", "b"), region, 0, 4096)
     with pytest.raises(wire.WireError):
         wire.decode(b"[1, 2]")
+
+
+def test_well_formed_replies_round_trip() -> None:
+    """The same encoder the worker uses gives back exact copies (not views of the region) and typed errors."""
+    region = memoryview(bytearray(8192))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    s = np.array([b"ab", b"", b"c"], dtype=object)
+    message = wire.reply_ok([(1, FP32, x), (0, BYTES_CODE, s)], region, 0, 8192)
+    out, kind, text = wire.read_reply(message, ("s", "x"), region, 0, 8192)
+    assert kind == text == "" and out["x"].tobytes() == x.tobytes() and out["s"].tolist() == s.tolist()
+    region[:] = bytes(8192)
+    assert out["x"].tobytes() == x.tobytes()
+    assert wire.read_reply(wire.reply_error("TooLarge", "too big"), ("x",), region, 0, 8192) == (
+        {},
+        "TooLarge",
+        "too big",
+    )
+    assert wire.read_reply(wire.reply_error("KeyError", "?"), ("x",), region, 0, 8192)[1] == "Internal"
 
 
 # --- supervision ---------------------------------------------------------------------------------
@@ -259,6 +302,51 @@ def test_isolation_config_is_checked() -> None:
     assert Config().backend.isolation == "none"
     with pytest.raises(ConfigError):
         BackendConfig(isolation="fork")
+    with pytest.raises(ConfigError, match="worker_spin_us"):
+        Config().replaced(backend={"worker_spin_us": -1})
+    with pytest.raises(ConfigError, match="worker_spin_us"):
+        BackendConfig(worker_spin_us=20_000)
+
+
+def test_spin_is_off_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounded spin is used only where a second core can run the worker meanwhile, and 0 turns it off."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert process.spin_budget_ns(250.0) == 250_000 and process.spin_budget_ns(0.0) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert process.spin_budget_ns(250.0) == 0
+
+
+@pytest.mark.parametrize("spin_us", [0.0, 1000.0])
+def test_overdue_async_call_fails_alone_and_the_worker_is_replaced(
+    spin_us: float, seen: list[events.WorkerEvent]
+) -> None:
+    """The data plane's path (a reader on the slot's socket, a timer for the deadline): a stopped worker's
+    call is Unavailable at the deadline, the worker is killed and restarted, the next call is answered."""
+    import asyncio
+
+    config = BackendConfig(isolation="process", worker_deadline_s=0.5, worker_spin_us=spin_us)
+    model = load_model(make_onnx_mlp(16, (32,), 2, seed=3), config)
+    assert isinstance(model, IsolatedModel)
+    try:
+        x = {"input": np.ones((1, 16), np.float32)}
+        stopped = model.pid
+        os.kill(stopped, signal.SIGSTOP)
+        _wait(
+            lambda: all(  # every thread stopped: none answers a call it is woken for on the way
+                Path(f"/proc/{stopped}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                for t in os.listdir(f"/proc/{stopped}/task")
+            )
+        )
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="deadline"):
+            asyncio.run(model.infer_async(x))
+        assert 0.4 < time.monotonic() - started < 3.0
+        _wait(lambda: model.pid not in (0, stopped))
+        out, _began, took = asyncio.run(model.infer_async(x))
+        assert out["output"].shape == (1, 2) and took > 0
+        assert any(e.kind == events.DEADLINE and e.pid == stopped and e.failed_calls == 1 for e in seen)
+    finally:
+        model.close()
 
 
 def test_async_calls_share_the_slots_and_match_sync(mlp: IsolatedModel) -> None:

@@ -62,5 +62,6 @@ def worker_settings(section: Any, max_message_bytes: int) -> dict[str, Any]:
         "worker_max_crashes": section.worker_max_crashes,
         "worker_crash_window_s": section.worker_crash_window_s,
         "worker_slots": section.worker_slots,
+        "worker_spin_us": section.worker_spin_us,
         "max_message_bytes": max_message_bytes,
     }

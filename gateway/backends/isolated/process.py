@@ -4,11 +4,13 @@
 wrappers (batching) compose around it. The worker is a fresh interpreter (never a fork: a forked child
 would inherit the keys in memory) started with close_fds, a scrubbed environment and an empty private
 working directory; the checked model bytes reach it in a memfd, tensors through one shared-memory
-region, a small JSON message per call over a socketpair. A worker has `worker_slots` channels (socket and
-part of the region each), so that many calls run in it at once; other calls wait for a free channel (and
-for a restart) up to the deadline. A dead or overdue worker fails only the call it
-was running (Unavailable) and is restarted with backoff; too many crashes in the window mark the model
-failed (events.FAILED), and every later call is Unavailable until the manager replaces it.
+region, one small fixed-layout binary message per call and direction over a socketpair (wire.py); the
+reply wakes the event loop through a reader on the slot's socket, with no task or thread per call. A
+worker has `worker_slots` channels (socket and part of the region each), so that many calls run in it at
+once; other calls wait for a free channel (and for a restart) up to the deadline. A dead or overdue
+worker fails only the call it was running (Unavailable) and is restarted with backoff; too many crashes in
+the window mark the model failed (events.FAILED), and every later call is Unavailable until the manager
+replaces it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import atexit
 import collections
 import mmap
 import os
+import select
 import shutil
 import signal
 import socket
@@ -27,6 +30,7 @@ import tempfile
 import threading
 import time
 import weakref
+from asyncio import events as asyncio_events
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +38,7 @@ import numpy as np
 
 from gateway.backends.base import BackendConfig, TensorSpec
 from gateway.backends.isolated import events, wire
+from gateway.backends.validation import validate_inputs, validate_outputs
 from gateway.errors import InvalidInput, TooLarge, Unavailable, UnsupportedFormat, clip
 
 _SLACK = 1 << 20  # alignment and BYTES length prefixes on top of the message limit
@@ -41,6 +46,7 @@ _MIN_OUTPUT = 4 << 20
 _MAX_SPECS = 4096
 _START_TIMEOUT_S = 120.0
 _MAX_BACKOFF_S = 5.0
+_CALM_S = 0.2  # calls one at a time this long before a worker may spin between them
 _ERRORS: dict[str, type[Exception]] = {
     "InvalidInput": InvalidInput,
     "TooLarge": TooLarge,
@@ -48,6 +54,7 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 _ENV_KEEP = ("LANG", "LC_ALL")
 _LIVE: weakref.WeakSet[IsolatedModel] = weakref.WeakSet()
+_Call = tuple[list[tuple[int, int, np.ndarray]], list[int]]  # (input index, datatype code, array), output indices
 
 
 @atexit.register
@@ -77,46 +84,56 @@ def worker_env(folder: str) -> dict[str, str]:
 
 
 class _Slot:
-    """One channel to a worker: a control socket and its own part of the shared region (inputs, then outputs)."""
+    """One channel to a worker: a control socket (non-blocking once started) and its own part of the shared
+    region (inputs, then outputs)."""
 
     def __init__(self, sock: socket.socket, region: memoryview, split: int) -> None:
         self.sock = sock
         self.region = region
         self.split = split
+        self.buffer = bytearray(wire.MAX_CONTROL + 1)  # replies land here: recv(n) would allocate n bytes per call
+        self.view = memoryview(self.buffer)
 
     def _receive(self) -> dict[str, Any]:
+        """The load handshake's JSON reply (blocking, with the socket's timeout)."""
         data = self.sock.recv(wire.MAX_CONTROL + 1)
         if not data:
             raise EOFError("the worker closed its socket")
         return wire.decode(data)
 
-    def send(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] | None) -> None:
+    def send(self, call: _Call, flags: int = 0) -> None:
         """Put one request's tensors into the region and send its message (OSError: the worker is gone)."""
         try:
-            descriptors = wire.write_tensors(self.region, 0, self.split, inputs)
+            message = wire.request(call[0], call[1], self.region, self.split, flags)
         except wire.WireError as exc:
             raise TooLarge(f"the request does not fit the model worker's region: {exc}") from None
-        self.sock.send(wire.encode({"inputs": descriptors, "outputs": list(requested) if requested else None}))
+        self.sock.send(message)
 
-    def receive(self, timeout: float) -> dict[str, Any]:
-        """The reply to the message sent (TimeoutError after `timeout`, EOFError if the worker died)."""
-        self.sock.settimeout(max(timeout, 0.001))
-        return self._receive()
-
-    async def receive_async(self) -> dict[str, Any]:
-        """The reply to the message sent, awaited on the running loop (EOFError if the worker died)."""
-        self.sock.setblocking(False)
-        data = await asyncio.get_running_loop().sock_recv(self.sock, wire.MAX_CONTROL + 1)
-        if not data:
+    def poll(self) -> memoryview | None:
+        """The reply if it has arrived (a view of the slot's buffer, valid until the next poll), else None;
+        EOFError if the worker closed its socket; never blocks."""
+        try:
+            received = self.sock.recv_into(self.buffer)
+        except BlockingIOError:
+            return None
+        if not received:
             raise EOFError("the worker closed its socket")
-        return wire.decode(data)
+        return self.view[:received]
 
-    def outputs_of(self, reply: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, np.ndarray]:
-        """The reply's outputs, copied out of the region after every descriptor was checked."""
-        out = wire.read_tensors(self.region, self.split, len(self.region), reply.get("outputs"), copy=True)
-        if not set(out) <= allowed:
-            raise wire.WireError("the worker returned outputs the model does not have")
-        return out
+    def receive(self, timeout: float) -> memoryview:
+        """The reply to the message sent, waiting up to `timeout` (TimeoutError; EOFError if the worker died)."""
+        until = time.monotonic() + timeout
+        while True:
+            data = self.poll()
+            if data is not None:
+                return data
+            left = until - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("no reply before the deadline")
+
+    def outputs_of(self, data: memoryview, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], str, str]:
+        """The reply's outputs, copied out of the region after every descriptor was checked (or its error)."""
+        return wire.read_reply(data, names, self.region, self.split, len(self.region))
 
 
 class _Worker:
@@ -167,7 +184,8 @@ class _Worker:
         first = self.slots[0]
         try:
             first.sock.settimeout(_START_TIMEOUT_S)
-            first.sock.send(wire.encode({**load, "size": len(payload)}))
+            spin_ns = spin_budget_ns(config.worker_spin_us)
+            first.sock.send(wire.encode({**load, "size": len(payload), "spin_ns": spin_ns}))
             reply = first._receive()
         except (OSError, EOFError, wire.WireError) as exc:
             self.kill()
@@ -178,6 +196,8 @@ class _Worker:
         self.landlock = int(reply.get("landlock", 0))
         self.inputs = _specs(reply.get("inputs"))
         self.outputs = _specs(reply.get("outputs"))
+        for slot in self.slots:  # calls poll, or wait on the loop's selector: never a blocking recv
+            slot.sock.setblocking(False)
 
     def kill(self) -> None:
         """SIGKILL the worker, reap it, and drop its sockets and folder."""
@@ -244,7 +264,12 @@ class IsolatedModel:
         worker = _Worker(payload, load, config, label)
         self.inputs = worker.inputs
         self.outputs = worker.outputs
-        self._output_names = frozenset(spec.name for spec in self.outputs)
+        self._input_specs = {spec.name: spec for spec in self.inputs}  # per-model layouts, built once
+        self._input_layout = tuple((i, spec.name, wire.CODES[spec.datatype]) for i, spec in enumerate(self.inputs))
+        self._output_names = tuple(spec.name for spec in self.outputs)
+        self._output_index = {name: i for i, name in enumerate(self._output_names)}
+        self._spin = spin_budget_ns(config.worker_spin_us) > 0
+        self._contended = 0.0  # when a call last overlapped another (monotonic): no worker spin soon after
         self.landlock = worker.landlock
         self._worker: _Worker | None = worker
         self._watch(worker)
@@ -366,8 +391,11 @@ class IsolatedModel:
             if future.done():
                 continue
             index = worker.free.pop()
-            try:
-                loop.call_soon_threadsafe(self._deliver, future, worker, index)
+            try:  # on the waiter's own loop (the usual case): handed over now, no self-pipe write to wake it
+                if asyncio_events._get_running_loop() is loop:
+                    future.set_result((worker, index))
+                else:
+                    loop.call_soon_threadsafe(self._deliver, future, worker, index)
             except RuntimeError:  # that loop is closed: the slot stays here
                 worker.free.append(index)
 
@@ -397,23 +425,40 @@ class IsolatedModel:
             self._waiters.append((loop, future))
             if self._worker is not None:
                 self._hand_out(self._worker)
+        timer = loop.call_later(max(until - time.monotonic(), 0.0), _expire, future)  # a timer, not a task
         try:
-            return await asyncio.wait_for(asyncio.shield(future), max(until - time.monotonic(), 0.0))
-        except TimeoutError:
-            if future.done():  # delivered just in time
-                return future.result()
-            future.cancel()  # a slot delivered later goes straight back
-            raise Unavailable("the model is busy past the deadline") from None
+            return await future  # a slot delivered after the deadline or a cancel goes straight back (_deliver)
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._give_back(*future.result())  # the caller went away holding a slot: return it
             else:
                 future.cancel()
             raise
+        finally:
+            timer.cancel()
 
-    def _send(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, until: float, wait: bool
-    ) -> tuple[_Worker, int] | None:
+    def _prepare(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> _Call:
+        """Check a request against the model's specs (InvalidInput) and lay it out by index, as sent."""
+        validate_inputs(self.inputs, inputs, self._input_specs)
+        tensors = [(index, code, inputs[name]) for index, name, code in self._input_layout]
+        if not outputs:
+            return tensors, []
+        index = self._output_index
+        return tensors, [index[name] for name in validate_outputs(self.outputs, outputs)]
+
+    def _flags(self, worker: _Worker) -> int:
+        """SPIN when calls have come one at a time (no other slot busy, nobody waiting) for `_CALM_S`: the
+        worker may then poll for the next call on a core nothing else needs. Under concurrent load the
+        gateway needs every core, so one overlap stops the spin for a while (a heuristic, read unlocked)."""
+        if not self._spin:
+            return 0
+        now = time.monotonic()
+        if self._waiters or len(worker.free) + 1 < len(worker.slots):
+            self._contended = now
+            return 0
+        return wire.SPIN if now - self._contended > _CALM_S else 0
+
+    def _send(self, call: _Call, until: float, wait: bool) -> tuple[_Worker, int] | None:
         """Take a slot (None if `wait` is False and none is free) and send the request on it."""
         for _ in range(3):  # a worker found dead before the request reached it is replaced, not blamed
             if wait:
@@ -425,7 +470,7 @@ class IsolatedModel:
                         return None
                     worker, index = worker_now, worker_now.free.pop()
             try:
-                worker.slots[index].send(inputs, outputs)
+                worker.slots[index].send(call, self._flags(worker))
                 return worker, index
             except (OSError, ValueError) as exc:
                 self._lost(worker, events.CRASHED, f"{self._ended(worker)} (found at send: {clip(exc)})")
@@ -446,24 +491,25 @@ class IsolatedModel:
         self._give_back(worker, index)
         return error
 
-    def _answer(self, worker: _Worker, index: int, reply: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _answer(self, worker: _Worker, index: int, data: memoryview) -> dict[str, np.ndarray]:
         """The outputs of a reply, or its error as the gateway's own type; the slot is given back."""
         try:
-            if not reply.get("ok"):
-                kind = _ERRORS.get(str(reply.get("error")), Unavailable)
-                raise kind(clip(reply.get("message", "the model's worker failed"), 300))
             try:
-                return worker.slots[index].outputs_of(reply, self._output_names)
+                outputs, kind, text = worker.slots[index].outputs_of(data, self._output_names)
             except wire.WireError as exc:
                 self._lost(worker, events.CRASHED, f"malformed reply: {clip(exc)}")
                 raise Unavailable("the model's worker answered badly; it is being restarted") from None
+            if kind:
+                raise _ERRORS.get(kind, Unavailable)(clip(text or "the model's worker failed", 300))
+            return outputs
         finally:
             self._give_back(worker, index)
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model in its worker; Unavailable if the worker dies or overruns the deadline meanwhile."""
+        call = self._prepare(inputs, outputs)
         until = time.monotonic() + self._config.worker_deadline_s
-        sent = self._send(inputs, outputs, until, wait=True)
+        sent = self._send(call, until, wait=True)
         assert sent is not None
         worker, index = sent
         try:
@@ -475,15 +521,17 @@ class IsolatedModel:
     async def infer_async(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> tuple[dict[str, np.ndarray], int, int]:
-        """`infer` awaited on the event loop, with no thread held while the worker runs (a thread only when
-        every slot is busy); returns (outputs, start ns, run ns) as the data plane times phases."""
+        """`infer` awaited on the event loop, with no thread held while the worker runs; returns (outputs,
+        start ns, run ns) as the data plane times phases. The reply wakes the loop through a reader on the
+        slot's socket (no task, no thread per call); the loop never spins: it has other calls to run."""
         began = time.perf_counter_ns()
+        call = self._prepare(inputs, outputs)
         until = time.monotonic() + self._config.worker_deadline_s
-        sent = self._send(inputs, outputs, until, wait=False)
+        sent = self._send(call, until, wait=False)
         while sent is None:  # every slot busy (or restarting): await one, no thread held
             worker, index = await self._await_slot(until)
             try:
-                worker.slots[index].send(inputs, outputs)
+                worker.slots[index].send(call, self._flags(worker))
                 sent = worker, index
             except (OSError, ValueError) as exc:
                 self._lost(worker, events.CRASHED, f"{self._ended(worker)} (found at send: {clip(exc)})")
@@ -492,16 +540,60 @@ class IsolatedModel:
                 self._give_back(worker, index)
                 raise
         worker, index = sent
-        # shielded: a cancelled caller leaves the call to finish, so the slot's next reply is its own
-        result = await asyncio.shield(self._finish_async(worker, index, until))
+        slot = worker.slots[index]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        fd = slot.sock.fileno()
+        timer = loop.call_later(max(until - time.monotonic(), 0.0), self._overdue, loop, fd, worker, index, future)
+        loop.add_reader(fd, self._readable, loop, fd, worker, index, future, timer)
+        # a cancelled caller cancels only `future`: the reader stays, drains the slot's reply and gives it back
+        result = await future
         return result, began, time.perf_counter_ns() - began
 
-    async def _finish_async(self, worker: _Worker, index: int, until: float) -> dict[str, np.ndarray]:
+    def _readable(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        worker: _Worker,
+        index: int,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        timer: asyncio.TimerHandle,
+    ) -> None:
+        """On the loop, when the slot's socket is readable: take the reply (or the worker's death) and settle."""
+        failure: BaseException | None = None
         try:
-            reply = await asyncio.wait_for(worker.slots[index].receive_async(), until - time.monotonic())
-        except (TimeoutError, EOFError, OSError, ValueError) as exc:
-            raise self._failed_call(worker, index, exc) from None
-        return self._answer(worker, index, reply)
+            data = worker.slots[index].poll()
+        except (EOFError, OSError) as exc:
+            data, failure = None, exc
+        else:
+            if data is None:
+                return  # woken without a message: keep waiting
+        loop.remove_reader(fd)
+        timer.cancel()
+        try:
+            if failure is not None or data is None:
+                raise self._failed_call(worker, index, failure or EOFError("no reply"))
+            result = self._answer(worker, index, data)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result)
+
+    def _overdue(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        worker: _Worker,
+        index: int,
+        future: asyncio.Future[dict[str, np.ndarray]],
+    ) -> None:
+        """On the loop, at the deadline with no reply: the worker is killed and replaced, the call fails."""
+        loop.remove_reader(fd)
+        error = self._failed_call(worker, index, TimeoutError())
+        if not future.done():
+            future.set_exception(error)
 
     @staticmethod
     def _ended(worker: _Worker) -> str:
@@ -521,6 +613,22 @@ class IsolatedModel:
             self._state.notify_all()
         if worker is not None:
             worker.kill()
+
+
+def spin_budget_ns(spin_us: float) -> int:
+    """The bounded spin before blocking, in ns: `spin_us`, or 0 when this process has at most one core (a spin
+    would only steal the core the worker needs)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except OSError:
+        cores = os.cpu_count() or 1
+    return int(spin_us * 1000) if spin_us > 0 and cores > 1 else 0
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    """The wait for a slot ran past the deadline: the awaiting call raises Unavailable."""
+    if not future.done():
+        future.set_exception(Unavailable("the model is busy past the deadline"))
 
 
 def _settle(future: asyncio.Future[Any]) -> None:

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -33,11 +34,16 @@ def _reply(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.send(wire.encode(message))
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
+def _why(exc: BaseException) -> tuple[str, str]:
     """A failure as the gateway reads it: a known error kind and a short message, or "Internal"."""
     kind = type(exc).__name__ if isinstance(exc, _ERRORS) else "Internal"
     text = str(exc).strip().splitlines()
-    return {"ok": False, "error": kind, "message": (text[0] if text else type(exc).__name__)[:300]}
+    return kind, (text[0] if text else type(exc).__name__)[: wire.MAX_ERROR_TEXT]
+
+
+def _error(exc: BaseException) -> bytes:
+    """A failed call's binary reply."""
+    return wire.reply_error(*_why(exc))
 
 
 def _options(message: dict[str, Any]) -> ort.SessionOptions:
@@ -53,7 +59,7 @@ def _options(message: dict[str, Any]) -> ort.SessionOptions:
     return options
 
 
-def _load(sock: socket.socket, model_fd: int) -> tuple[OnnxModel, int]:
+def _load(sock: socket.socket, model_fd: int) -> tuple[OnnxModel, int, dict[str, Any]]:
     """Read the load message and the model bytes, restrict this process, build the session."""
     message = wire.decode(sock.recv(wire.MAX_CONTROL))
     size = int(message["size"])
@@ -70,7 +76,7 @@ def _load(sock: socket.socket, model_fd: int) -> tuple[OnnxModel, int]:
     ranks = {str(k): bool(v) for k, v in message["ranks"].items()}
     model = session_model(str(message["model_path"]), checked, ranks, config, _options(message))
     del checked
-    return model, abi
+    return model, abi, message
 
 
 def _specs(model: OnnxModel) -> dict[str, Any]:
@@ -80,33 +86,65 @@ def _specs(model: OnnxModel) -> dict[str, Any]:
     return {"inputs": [one(s) for s in model.inputs], "outputs": [one(s) for s in model.outputs]}
 
 
-def serve(sock: socket.socket, region: memoryview, split: int, model: OnnxModel) -> None:
-    """Answer infer messages until the gateway closes the socket: inputs in region[:split], outputs after."""
+_BUSY: set[int] = set()  # the slots running a call now (set.add/discard are atomic under the GIL)
+_SPIN_SWITCH_S = 50e-6  # with a spin on, a thread waiting for the GIL gets it within this (default 5 ms)
+
+
+def serve(
+    sock: socket.socket, region: memoryview, split: int, model: OnnxModel, spin_ns: int = 0, slot: int = 0
+) -> None:
+    """Answer call messages until the gateway closes the socket: inputs in region[:split], outputs after.
+
+    Lean on purpose (this runs per call): one recv into a reused buffer, struct descriptors read into views
+    of the region, the model's own infer, each output copied once into the region, one send. With `spin_ns`,
+    an idle slot polls for its next call that long before sleeping, while no other slot runs a call (a
+    spinning thread would hold the GIL from it) and the last call said the gateway is lightly loaded (under load
+    the gateway needs the cores a spin would take)."""
     size = len(region)
+    names = tuple(spec.name for spec in model.inputs)
+    output_names = tuple(spec.name for spec in model.outputs)
+    codes = {name: index for index, name in enumerate(output_names)}
+    datatypes = tuple(wire.CODES[spec.datatype] for spec in model.outputs)
+    buffer = bytearray(wire.MAX_CONTROL)  # one buffer for every message: recv(n) would allocate n bytes per call
+    view = memoryview(buffer)
+    recv_into, send, clock, busy = sock.recv_into, sock.send, time.perf_counter_ns, _BUSY
+    spin = 0  # the last call's gateway was lightly loaded (its SPIN flag): poll for the next call
     while True:
-        data = sock.recv(wire.MAX_CONTROL)
-        if not data:
+        received = -1
+        if spin:  # a bounded poll for the next call before sleeping (each try releases the GIL)
+            until = clock() + spin
+            while received < 0 and not busy and clock() < until:
+                try:
+                    received = recv_into(buffer, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+        if received < 0:
+            received = recv_into(buffer)
+        if not received:
             return
+        busy.add(slot)
+        data = view[:received]
+        spin = 0
         try:
-            message = wire.decode(data)
-            inputs = wire.read_tensors(region, 0, split, message.get("inputs"), copy=False)
-            requested = message.get("outputs") or None
-            if requested is not None and not (
-                isinstance(requested, list) and all(isinstance(n, str) for n in requested)
-            ):
-                raise InvalidInput("requested outputs must be a list of names")
+            inputs, requested, flags = wire.read_request(data, names, output_names, region, split)
+            spin = spin_ns if flags & wire.SPIN else 0
             outputs = model.infer(inputs, requested)
             try:
-                descriptors = wire.write_tensors(region, split, size, outputs)
+                reply = wire.reply_ok(
+                    [(codes[name], datatypes[codes[name]], value) for name, value in outputs.items()],
+                    region,
+                    split,
+                    size,
+                )
             except wire.WireError as exc:
                 raise TooLarge(f"the model's outputs do not fit the worker's region: {exc}") from None
-            reply: dict[str, Any] = {"ok": True, "outputs": descriptors}
         except (SealgateError, wire.WireError, ValueError) as exc:
             reply = _error(exc)
         except Exception as exc:  # an unexpected runtime failure: reported, and the worker keeps serving
             traceback.print_exc()
             reply = _error(exc)
-        _reply(sock, reply)
+        send(reply)
+        busy.discard(slot)
 
 
 def main(argv: list[str]) -> int:
@@ -121,13 +159,19 @@ def main(argv: list[str]) -> int:
     region = memoryview(shm)
     np.empty(0)  # numpy fully initialised before the sandbox closes
     try:
-        model, abi = _load(socks[0], model_fd)
+        model, abi, load = _load(socks[0], model_fd)
     except Exception as exc:
-        _reply(socks[0], _error(exc))
+        kind, text = _why(exc)
+        _reply(socks[0], {"ok": False, "error": kind, "message": text})
         return 1
+    spin_ns = int(load.get("spin_ns", 0))
+    if spin_ns:
+        sys.setswitchinterval(_SPIN_SWITCH_S)
     _reply(socks[0], {"ok": True, "landlock": abi, "pid": os.getpid(), **_specs(model)})
     threads = [  # started after the ruleset: every thread of the worker is inside the sandbox
-        threading.Thread(target=serve, args=(sock, region[i * slot_size : (i + 1) * slot_size], split, model))
+        threading.Thread(
+            target=serve, args=(sock, region[i * slot_size : (i + 1) * slot_size], split, model, spin_ns, i)
+        )
         for i, sock in enumerate(socks)
     ]
     for thread in threads:
