@@ -52,7 +52,7 @@ $(TRITON_VENV)/.installed:
 	touch $@
 
 bench-triton: $(STAMP) $(TRITON_VENV)/.installed
-	$(BIN)/python bench/triton_peer.py --triton-python $(TRITON_VENV)/bin/python $(TRITON_ARGS)
+	$(BIN)/python bench/triton_peer.py --triton-python $(abspath $(TRITON_VENV))/bin/python $(TRITON_ARGS)
 
 # every fuzz harness for FUZZ_SECONDS each (coverage-guided, atheris); a crash fails the target
 fuzz: $(STAMP)

@@ -7,6 +7,7 @@ against the file's folder. A loaded `Config` is frozen: `Config.replaced` gives 
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import re
 import tomllib
@@ -17,6 +18,15 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError
+
+
+def frozen_map(items: Mapping[str, Any]) -> MappingProxyType[str, Any]:
+    """A read-only mapping; by name, so pickle can rebuild one (the class itself has no importable name)."""
+    return MappingProxyType(dict(items))
+
+
+# a Config crosses to each front-end worker pickled ([server] workers): its read-only tables go as dicts
+copyreg.pickle(MappingProxyType, lambda m: (frozen_map, (dict(m),)))
 
 # The one definition of the dev issuer, audience and accepted JWT algorithms: gateway/auth/defaults.py,
 # the token verifier and `sealgate init` import these (this module stays light: no gRPC, no auth stack).

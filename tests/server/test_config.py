@@ -102,3 +102,16 @@ def test_replaced_copies_and_revalidates(tmp_path: Path) -> None:
         env.with_config(servr={"rest": False})
     with pytest.raises(dataclasses.FrozenInstanceError):
         env.config = changed.config  # type: ignore[misc]
+
+
+def test_a_config_with_per_model_tables_survives_the_hand_off_to_front_end_workers(tmp_path: Path) -> None:
+    """`[server] workers` pickles the Config to each worker: read-only per-model tables must cross intact."""
+    import pickle
+
+    path = tmp_path / "sealgate.toml"
+    path.write_text('[server]\nworkers = 2\n[rollout.models.digits]\npromote_after = 7\nmode = "canary"\n')
+    config = load_config(path)
+    copy = pickle.loads(pickle.dumps(config))  # noqa: S301 - our own bytes, as the supervisor sends them
+    assert copy == config and copy.rollout.for_model("digits").promote_after == 7
+    with pytest.raises(TypeError):
+        copy.rollout.models["digits"]["promote_after"] = 8  # type: ignore[index]
