@@ -227,13 +227,14 @@ def worker_main(index: int, ready_fd: int) -> int:
     import asyncio
 
     from gateway.fsutil import enter_private_cwd
+    from gateway.server import logs
     from gateway.server.app import Gateway
 
     _die_with_parent()
     config = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from the supervisor that spawned us
     if not isinstance(config, Config):
         raise SystemExit("worker: no configuration on standard input")
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    logs.configure(config.log, worker=index)  # [log] format and level, with the worker index on each line
     enter_private_cwd()
 
     async def main() -> None:
