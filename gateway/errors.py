@@ -66,6 +66,11 @@ class Unavailable(SealgateError):
     """The server or model is not ready."""
 
 
+class ModelFailed(SealgateError):
+    """The model raised while running (an error inside the runtime, not the request's shape): INTERNAL, as an
+    in-process runtime error is; its text stays in the gateway's log."""
+
+
 # --- requests -------------------------------------------------------------------------------------
 class InvalidInput(SealgateError):
     """Wrong shape, dtype, size, unknown or missing tensor."""

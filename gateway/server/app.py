@@ -247,7 +247,7 @@ class Gateway:
             await self._metrics_http.stop()
         if self._server:
             await self._server.stop(grace)
-        self.manager.stop()
+        self.manager.close()  # drained: release every loaded model (an isolated one's worker process with it)
         self._unwatch_workers()
         self.recorder.close()
         self.audit.close()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ from gateway.auth import pki
 from gateway.backends import BackendConfig, load_model
 from gateway.backends.isolated import IsolatedModel, events, landlock, process, sandbox_status, wire
 from gateway.config import Config
-from gateway.errors import ConfigError, InvalidInput, TooLarge, Unavailable
+from gateway.errors import ConfigError, InvalidInput, ModelFailed, TooLarge, Unavailable
 from tests.models import make_onnx_gather, make_onnx_mlp, make_onnx_string_identity
 
 ISOLATED = BackendConfig(isolation="process", max_message_bytes=1 << 20)
@@ -93,6 +94,42 @@ def test_client_errors_keep_their_type_and_the_worker(mlp: IsolatedModel) -> Non
         mlp.infer({"input": np.zeros((40_000, 16), np.float32)})  # 2.56 MB > the 1 MiB (+1 MiB slack) region
     assert mlp.infer({"input": np.ones((1, 16), np.float32)})["output"].shape == (1, 2)
     assert mlp.pid == pid
+
+
+def _one_row_only(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The MLP with a Reshape to one row in front: right for one row, a runtime error in ORT for more."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(files["model.onnx"])
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array([1, 16], np.int64), "one_row"))
+    for node in graph.node:
+        node.input[:] = ["input_r" if name == "input" else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Reshape", ["input", "one_row"], ["input_r"]))
+    return {"model.onnx": model.SerializeToString()}
+
+
+def test_a_runtime_error_is_internal_in_both_modes_and_the_worker_serves_on() -> None:
+    """An error inside ONNX Runtime reaches clients as INTERNAL whether the model runs in-process or in a
+    worker (not UNAVAILABLE: the worker did not fail), with no runtime text; the worker keeps serving."""
+    from gateway.server.status_map import grpc_status
+
+    files = _one_row_only(make_onnx_mlp(16, (32,), 2, seed=3))
+    two_rows = {"input": np.ones((2, 16), np.float32)}
+    local, isolated = load_model(files), load_model(files, ISOLATED, "err:1")
+    try:
+        with pytest.raises(Exception) as in_process:
+            local.infer(two_rows)
+        pid = isolated.pid
+        with pytest.raises(ModelFailed) as in_worker:
+            isolated.infer(two_rows)
+        assert grpc_status(in_worker.value)[0] == grpc_status(in_process.value)[0] == grpc.StatusCode.INTERNAL
+        assert "Reshape" not in grpc_status(in_worker.value)[1]
+        assert isolated.infer({"input": np.ones((1, 16), np.float32)})["output"].shape == (1, 2)
+        assert isolated.pid == pid
+    finally:
+        isolated.close()
 
 
 # --- what a worker holds -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import logging
 import mmap
 import os
 import select
@@ -39,7 +40,9 @@ import numpy as np
 from gateway.backends.base import BackendConfig, TensorSpec
 from gateway.backends.isolated import events, wire
 from gateway.backends.validation import validate_inputs, validate_outputs
-from gateway.errors import InvalidInput, TooLarge, Unavailable, UnsupportedFormat, clip
+from gateway.errors import InvalidInput, ModelFailed, TooLarge, Unavailable, UnsupportedFormat, clip
+
+log = logging.getLogger("sealgate.backends")
 
 _SLACK = 1 << 20  # alignment and BYTES length prefixes on top of the message limit
 _MIN_OUTPUT = 4 << 20
@@ -499,6 +502,9 @@ class IsolatedModel:
             except wire.WireError as exc:
                 self._lost(worker, events.CRASHED, f"malformed reply: {clip(exc)}")
                 raise Unavailable("the model's worker answered badly; it is being restarted") from None
+            if kind == "Internal":  # the runtime raised: INTERNAL like in-process, its text only in the log
+                log.warning("model %s failed while running: %s", self.label, clip(text, 300))
+                raise ModelFailed("the model failed while running")
             if kind:
                 raise _ERRORS.get(kind, Unavailable)(clip(text or "the model's worker failed", 300))
             return outputs
