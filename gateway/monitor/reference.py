@@ -14,8 +14,8 @@ without the server.
 
 from __future__ import annotations
 
-import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +172,7 @@ def _padded(name: str, edges: list[Any], counts: list[Any]) -> InputReference:
     padded_counts = np.zeros((features, width + 1), dtype=np.int64)
     nedges = np.zeros(features, dtype=np.int64)
     for j, (col_edges, col_counts) in enumerate(zip(edges, counts, strict=True)):
-        if not all(isinstance(e, int | float) and not isinstance(e, bool) and math.isfinite(e) for e in col_edges):
+        if not all(_finite(e) for e in col_edges):
             raise InvalidInput(f"{KEY}: input {name!r} feature {j}: edges must be finite numbers")
         if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 53 for c in col_counts):
             raise InvalidInput(f"{KEY}: input {name!r} feature {j}: counts must be non-negative integers")
@@ -203,3 +203,8 @@ def psi(reference: np.ndarray, live: np.ndarray, epsilon: float = EPSILON) -> np
         value = ((p_cur - p_ref) * np.log(p_cur / p_ref)).sum(axis=1)
     result: np.ndarray = np.where(cur_total[:, 0] > 0, value, np.nan)
     return result
+
+
+def _finite(value: object) -> bool:
+    """A finite JSON number (an int too large for a float is not: comparing it never overflows)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= sys.float_info.max

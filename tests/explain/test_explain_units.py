@@ -37,12 +37,12 @@ def served(files: dict[str, bytes], name: str = "m") -> ServedModel:
     ("data", "why"),
     [
         (None, "carries no reference.npz"),
-        (b"not a zip file", "cannot be read"),
+        (b"not a zip file", "not an npz (zip) archive"),
         (npz(y=np.zeros((3, 2))), "has no array 'x'"),
-        (npz(x=np.array([{"a": 1}], dtype=object)), "cannot be read"),  # a pickle: never unpickled
+        (npz(x=np.array([{"a": 1}], dtype=object)), "must be numbers"),  # a pickle: never unpickled
         (npz(x=np.array([[1.0, np.nan]])), "NaN or infinite"),
         (npz(x=np.arange(4.0)), "shape [rows, features"),
-        (npz(x=np.array([["a", "b"]])), "shape [rows, features"),
+        (npz(x=np.array([["a", "b"]])), "must be numbers"),
     ],
 )
 def test_unusable_references_are_refused(data: bytes | None, why: str) -> None:

@@ -174,6 +174,8 @@ def _descriptors(
             raise WireError("a tensor descriptor has an unknown datatype")
         if any(d < 0 for d in dims):
             raise WireError("a tensor descriptor has a negative dimension")
+        if math.prod(max(d, 1) for d in dims) * max(_NUMPY[code].itemsize, 1) >= 1 << 62:  # 0 beside huge ones
+            raise WireError("a tensor descriptor's shape is too large")
         if not (start <= offset and offset + nbytes <= end):
             raise WireError("a tensor descriptor points outside its region")
         raw = region[offset : offset + nbytes]
