@@ -24,7 +24,10 @@ from pathlib import Path
 
 from fuzz.common import CORPUS_ROOT, FUZZ_ROOT, STATS_ENV, FuzzFailure, corpus_files
 
-TARGETS = ("tensors", "json", "artifact", "jwt", "rest", "xfcc")
+TARGETS = (
+    *("tensors", "json", "artifact", "jwt", "rest", "xfcc"),
+    *("reference", "drift_reference", "worker_reply", "traceparent"),  # this wave's parsers
+)
 CRASH_DIR = FUZZ_ROOT / "crashes"
 _STATUS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)")
 _FINAL = re.compile(r"stat::(\w+):\s*(\d+)")

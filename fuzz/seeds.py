@@ -260,6 +260,10 @@ GENERATORS: dict[str, Callable[[], Seeds]] = {
     "jwt": jwt_seeds,
     "rest": rest_seeds,
     "xfcc": lambda: __import__("fuzz.fuzz_xfcc", fromlist=["seeds"]).seeds(),  # issue 15: its seeds live with it
+    **{  # this wave's parsers: their seeds live with their harnesses too
+        t: (lambda t=t: __import__(f"fuzz.fuzz_{t}", fromlist=["seeds"]).seeds())
+        for t in ("reference", "drift_reference", "worker_reply", "traceparent")
+    },
 }
 
 
