@@ -16,6 +16,7 @@ from gateway.errors import (
     ConfigError,
     GateFailed,
     InvalidInput,
+    ModelFailed,
     NotExplainable,
     NotFound,
     NotServable,
@@ -49,6 +50,7 @@ TABLE: dict[type[SealgateError], Codes] = {
     ConfigError: (grpc.StatusCode.FAILED_PRECONDITION, 500),
     GateFailed: (grpc.StatusCode.FAILED_PRECONDITION, 412),
     NotExplainable: (grpc.StatusCode.FAILED_PRECONDITION, 412),  # e.g. a model without reference.npz
+    ModelFailed: INTERNAL,  # the model raised inside its runtime: the server's failure, not the client's
 }
 
 # Refusals of the HTTP layer carry their own HTTP status; this is the gRPC code recorded for each.
