@@ -135,7 +135,7 @@ class _Request:
     rows: int
     key: tuple[Any, ...] | None  # None: runs alone (too many rows, or inputs disagree on the batch size)
     queued_ns: int
-    future: concurrent.futures.Future[Result] = field(default_factory=concurrent.futures.Future)
+    future: Any  # concurrent.futures.Future (threads) or asyncio.Future (the loop's path)
 
 
 def _copy_error(exc: BaseException) -> BaseException:
@@ -166,6 +166,8 @@ class BatchingModel:
         self._queue: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopBatcher] = {}  # the async path's queue per event loop
+        self._draining = 0  # loops still running batches after close
         self._thread = threading.Thread(target=self._loop, name=f"sealgate-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -176,10 +178,8 @@ class BatchingModel:
         return getattr(self.inner, attr)
 
     # --- calls ----------------------------------------------------------------------------------
-    def submit(
-        self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] | None = None
-    ) -> concurrent.futures.Future[Result]:
-        """Validate and queue one request; its future gives (outputs, batch start ns, batch run ns)."""
+    def _request(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] | None, future: Any) -> _Request:
+        """One validated request with its group key (InvalidInput before anything is queued)."""
         validate_inputs(self.inputs, inputs, self._specs)
         names = validate_outputs(self.outputs, requested)
         sizes = {value.shape[0] for value in inputs.values()}
@@ -187,7 +187,15 @@ class BatchingModel:
         key: tuple[Any, ...] | None = None
         if len(sizes) == 1 and 0 < rows < self.policy.max_batch_size:
             key = (names, *((n, v.dtype.str, v.shape[1:]) for n, v in sorted(inputs.items())))
-        request = _Request(inputs, names, rows, key, time.perf_counter_ns())
+        return _Request(inputs, names, rows, key, time.perf_counter_ns(), future)
+
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], requested: Sequence[str] | None = None
+    ) -> concurrent.futures.Future[Result]:
+        """Validate and queue one request for the scheduler thread; its future gives (outputs, batch start ns,
+        batch run ns)."""
+        future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+        request = self._request(inputs, requested, future)
         with self._cond:
             if self._closed:
                 raise Unavailable("model is closed")
@@ -195,33 +203,64 @@ class BatchingModel:
                 raise Overloaded(f"the batch queue of model {self.name!r} is full ({self.policy.max_queue_size})")
             self._queue.append(request)
             self._cond.notify()
-        return request.future
+        return future
 
     def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run one request as part of a batch, blocking this thread until its batch ran."""
         return self.submit(inputs, outputs).result()[0]
 
     async def infer_async(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> Result:
-        """Run one request as part of a batch without holding a thread; (outputs, batch start ns, run ns)."""
-        return await asyncio.wrap_future(self.submit(inputs, outputs))
+        """Run one request as part of a batch formed on this event loop (no thread, no cross-thread wake-up per
+        request); (outputs, batch start ns, run ns)."""
+        loop = asyncio.get_running_loop()
+        batcher = self._loops.get(loop)
+        if batcher is None:
+            with self._cond:
+                if self._closed:
+                    raise Unavailable("model is closed")
+                batcher = self._loops.setdefault(loop, _LoopBatcher(self, loop))
+        request = self._request(inputs, outputs, loop.create_future())
+        if self._closed:
+            raise Unavailable("model is closed")
+        batcher.submit(request)
+        result: Result = await request.future
+        return result
 
     def close(self) -> None:
-        """Run what is queued, stop the scheduler, then close the wrapped model; later calls: Unavailable."""
+        """Run what is queued, stop the scheduler, then close the wrapped model (after the last batch any event
+        loop still runs); later calls: Unavailable."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            loops = list(self._loops.values())
         if threading.current_thread() is not self._thread:
             self._thread.join(CLOSE_WAIT_S)
+        busy = [batcher for batcher in loops if batcher.close()]
+        with self._cond:
+            self._draining = len(busy)
+            if self._draining:
+                return  # the last loop to drain closes the wrapped model
         self.inner.close()
+
+    def _drained(self) -> None:
+        """One event loop ran its last batch after close: the last one closes the wrapped model."""
+        with self._cond:
+            self._draining -= 1
+            last = self._draining == 0
+        if last:
+            self.inner.close()
 
     # --- scheduler ------------------------------------------------------------------------------
     def _take(self) -> list[_Request] | None:
         """Under the lock: the next batch to run, or None if the head may still wait; removes it from the queue."""
-        queue = self._queue
+        batch, self._queue = self._pick(self._queue, self._closed)
+        return batch
+
+    def _pick(self, queue: list[_Request], closing: bool) -> tuple[list[_Request] | None, list[_Request]]:
+        """The next batch from `queue` by the policy (None if its head may still wait) and what stays queued."""
         head = queue[0]
         if head.key is None:
-            del queue[0]
-            return [head]
+            return [head], queue[1:]
         limit = self.policy.max_batch_size
         picked: list[int] = []
         rows = 0
@@ -240,15 +279,15 @@ class BatchingModel:
             if rows == limit:
                 full = True
                 break
-        if not full and not self._closed:
+        if not full and not closing:
             if preferred_at:
                 picked = picked[:preferred_at]
             elif time.perf_counter_ns() - head.queued_ns < self._delay_ns:
-                return None
+                return None, queue
+        if len(picked) == len(queue):
+            return queue, []
         chosen = set(picked)
-        batch = [queue[i] for i in picked]
-        self._queue = [request for i, request in enumerate(queue) if i not in chosen]
-        return batch
+        return [queue[i] for i in picked], [request for i, request in enumerate(queue) if i not in chosen]
 
     def _loop(self) -> None:
         """Form batches and run them, one at a time, until closed and drained."""
@@ -274,13 +313,7 @@ class BatchingModel:
         if not live:
             return
         try:
-            if len(live) == 1:
-                outputs = self.inner.infer(live[0].inputs, live[0].outputs)
-                parts = [outputs]
-            else:
-                joined = {name: np.concatenate([r.inputs[name] for r in live]) for name in live[0].inputs}
-                outputs = self.inner.infer(joined, live[0].outputs)
-                parts = self._split(outputs, [r.rows for r in live])
+            parts = self._parts(live, self.inner.infer(*self._joined(live)))
         except BaseException as exc:  # every request of the batch gets the batch's typed error
             for request in live:
                 request.future.set_exception(_copy_error(exc))
@@ -291,6 +324,19 @@ class BatchingModel:
         self._stats.observe(self.name, sum(r.rows for r in live), [(began - r.queued_ns) / 1e9 for r in live])
         for request, part in zip(live, parts, strict=True):
             request.future.set_result((part, began, ran))
+
+    @staticmethod
+    def _joined(live: Sequence[_Request]) -> tuple[Mapping[str, np.ndarray], tuple[str, ...]]:
+        """One batch's inputs (each request's rows, in order, concatenated) and the outputs it asks for."""
+        if len(live) == 1:
+            return live[0].inputs, live[0].outputs
+        return {name: np.concatenate([r.inputs[name] for r in live]) for name in live[0].inputs}, live[0].outputs
+
+    def _parts(self, live: Sequence[_Request], outputs: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Each request's share of one batch's outputs."""
+        if len(live) == 1:
+            return [dict(outputs)]
+        return self._split(outputs, [r.rows for r in live])
 
     @staticmethod
     def _split(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
@@ -307,6 +353,93 @@ class BatchingModel:
             for part, piece in zip(parts, np.split(value, offsets), strict=True):
                 part[name] = piece
         return parts
+
+
+class _LoopBatcher:
+    """The async path on one event loop: requests queue on the loop, batches form and run there (a worker
+    process's call is awaited; an in-process model runs in a thread, one hop per batch), and each request's
+    future is settled on the loop. Up to the wrapped model's `parallel_calls` batches run at once (an isolated
+    model's worker slots); requests arriving meanwhile form the next batch."""
+
+    def __init__(self, owner: BatchingModel, loop: asyncio.AbstractEventLoop) -> None:
+        self.owner = owner
+        self.loop = loop
+        self.queue: list[_Request] = []
+        self.running = 0
+        self.limit = max(1, int(getattr(owner.inner, "parallel_calls", 1)))
+        self.awaitable = getattr(owner.inner, "infer_async", None)  # an isolated model: no thread per batch
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+
+    def submit(self, request: _Request) -> None:
+        """Queue one request (Overloaded past the bound) and dispatch what can run now."""
+        if len(self.queue) >= self.owner.policy.max_queue_size:
+            raise Overloaded(
+                f"the batch queue of model {self.owner.name!r} is full ({self.owner.policy.max_queue_size})"
+            )
+        self.queue.append(request)
+        if self.running < self.limit:
+            self.pump()
+
+    def pump(self) -> None:
+        """Dispatch batches while a run slot is free; if the head may still wait, wake up when its delay ends."""
+        self.timer = None
+        while self.queue and self.running < self.limit:
+            batch, self.queue = self.owner._pick(self.queue, self.closing)
+            if batch is None:
+                head = self.queue[0]
+                left_ns = self.owner._delay_ns - (time.perf_counter_ns() - head.queued_ns)
+                self.timer = self.loop.call_later(max(left_ns, 0) / 1e9, self.pump)
+                return
+            live = [r for r in batch if not r.future.done()]  # callers that went away are dropped
+            if live:
+                self.running += 1
+                self.loop.create_task(self.run(live))
+        if self.closing and not self.queue and not self.running:
+            self.closing = False
+            self.owner._drained()
+
+    async def run(self, live: list[_Request]) -> None:
+        """Run one batch and settle each request with its rows, or with the batch's error."""
+        owner = self.owner
+        began = time.perf_counter_ns()
+        try:
+            joined, names = owner._joined(live)
+            if self.awaitable is not None:
+                outputs = (await self.awaitable(joined, names))[0]
+            else:
+                outputs = await asyncio.to_thread(owner.inner.infer, joined, names)
+            parts = owner._parts(live, outputs)
+        except Exception as exc:  # every request of the batch gets the batch's typed error
+            for request in live:
+                if not request.future.done():
+                    request.future.set_exception(_copy_error(exc))
+            return
+        finally:
+            self.running -= 1
+            self.loop.call_soon(self.pump)
+        ran = time.perf_counter_ns() - began
+        owner._stats.observe(owner.name, sum(r.rows for r in live), [(began - r.queued_ns) / 1e9 for r in live])
+        for request, part in zip(live, parts, strict=True):
+            if not request.future.done():
+                request.future.set_result((part, began, ran))
+
+    def close(self) -> bool:
+        """From any thread, at close: run what is queued at once; True while this loop still has batches to run
+        (it then calls the model's `_drained` when done)."""
+        if not self.queue and not self.running:
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self._close_now)
+        except RuntimeError:  # the loop is closed: its requests can never be answered
+            return False
+        return True
+
+    def _close_now(self) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.pump()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -189,3 +190,114 @@ def test_batching_section_is_validated_and_off_by_default() -> None:
             Config().replaced(batching={"enabled": True, **bad})
     with pytest.raises(ConfigError, match="unknown key"):
         Config().replaced(batching={"max_delay": 5})
+
+
+# --- the event loop's path (what the data plane awaits) ------------------------------------------
+
+
+class _Counted:
+    """An inner model that counts its calls and its close, and offers `infer_async` like an isolated model."""
+
+    def __init__(self, inner: LoadedModel, parallel: int = 1) -> None:
+        self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
+        self.inner, self.parallel_calls = inner, parallel
+        self.calls: list[int] = []
+        self.closed_after: list[int] = []
+        self.threads: set[str] = set()
+
+    async def infer_async(self, inputs: Any, outputs: Any = None) -> tuple[dict[str, np.ndarray], int, int]:
+        self.threads.add(threading.current_thread().name)
+        self.calls.append(next(iter(inputs.values())).shape[0])
+        await asyncio.sleep(0.002)  # a worker process's call: the loop serves others meanwhile
+        return self.inner.infer(inputs, outputs), 0, 0
+
+    def infer(self, inputs: Any, outputs: Any = None) -> dict[str, np.ndarray]:
+        return self.inner.infer(inputs, outputs)
+
+    def close(self) -> None:
+        self.closed_after.append(len(self.calls))
+
+
+def test_awaited_requests_batch_on_the_loop_and_split_back_byte_identical(mlp: LoadedModel) -> None:
+    inner = _Counted(mlp)
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=16, max_queue_delay_us=2_000))
+    inputs = [_rows(1 + i % 3, i) for i in range(40)]
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(batcher.infer_async({"input": x}) for x in inputs))
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        batcher.close()
+    for x, (out, began, ran) in zip(inputs, got, strict=True):
+        assert out["output"].tobytes() == mlp.infer({"input": x})["output"].tobytes()
+        assert began > 0 and ran > 0
+    assert sum(inner.calls) == sum(x.shape[0] for x in inputs)
+    assert len(inner.calls) < len(inputs) and max(inner.calls) > 3  # merged into batches
+    assert all(rows <= 16 for rows in inner.calls)
+    assert inner.threads == {"MainThread"}  # awaited on the loop: no thread hop per request or batch
+    assert inner.closed_after == [len(inner.calls)]
+
+
+def test_awaited_requests_run_in_order_one_batch_per_free_slot(mlp: LoadedModel) -> None:
+    """With one run slot, requests that arrive while a batch runs form the next one (no delay to wait out)."""
+    inner = _Counted(mlp, parallel=1)
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=64, max_queue_delay_us=0))
+
+    async def run() -> None:
+        first = asyncio.ensure_future(batcher.infer_async({"input": _rows(1, 0)}))
+        await asyncio.sleep(0)  # the first batch (one row) is running
+        rest = [batcher.infer_async({"input": _rows(1, i)}) for i in range(1, 9)]
+        await asyncio.gather(first, *rest)
+
+    try:
+        asyncio.run(run())
+    finally:
+        batcher.close()
+    assert inner.calls == [1, 8]
+
+
+def test_close_runs_the_awaited_queue_then_closes_the_model(mlp: LoadedModel) -> None:
+    inner = _Counted(mlp)
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=64, max_queue_delay_us=5_000_000))
+
+    async def run() -> list[Any]:
+        calls = [asyncio.ensure_future(batcher.infer_async({"input": _rows(1, i)})) for i in range(5)]
+        await asyncio.sleep(0.05)
+        assert inner.calls == []  # still waiting for a fuller batch (5 s delay)
+        batcher.close()  # from the loop's thread, as the manager may
+        assert inner.closed_after == []  # not while the queue still has requests
+        return await asyncio.gather(*calls)
+
+    got = asyncio.run(run())
+    assert [out["output"].shape for out, _, _ in got] == [(1, 3)] * 5
+    assert inner.calls == [5] and inner.closed_after == [1]
+
+    async def late() -> None:
+        await batcher.infer_async({"input": _rows(1, 0)})
+
+    with pytest.raises(Unavailable):
+        asyncio.run(late())
+
+
+def test_the_awaited_queue_is_bounded_and_a_failure_fails_its_batch_only(mlp: LoadedModel) -> None:
+    gather = load_model(make_onnx_gather(4))
+    batcher = BatchingModel("g", gather, BatchPolicy(max_batch_size=8, max_queue_delay_us=50_000, max_queue_size=2))
+
+    async def run() -> tuple[list[Any], Any]:
+        queued = [asyncio.ensure_future(batcher.infer_async({"index": np.array([i], dtype=np.int64)})) for i in (1, 99)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue"):
+            await batcher.infer_async({"index": np.array([2], dtype=np.int64)})
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        after = await batcher.infer_async({"index": np.array([3], dtype=np.int64)})
+        return results, after
+
+    try:
+        results, after = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert all(isinstance(r, InvalidInput) for r in results)  # index 99 fails the batch it ran in
+    assert results[0] is not results[1]
+    assert after[0]["value"].tolist() == [3.0]  # the next batch is unaffected

@@ -271,6 +271,7 @@ class IsolatedModel:
         self._input_layout = tuple((i, spec.name, wire.CODES[spec.datatype]) for i, spec in enumerate(self.inputs))
         self._output_names = tuple(spec.name for spec in self.outputs)
         self._output_index = {name: i for i, name in enumerate(self._output_names)}
+        self.parallel_calls = config.worker_slots  # a dynamic batcher runs this many batches at once
         self._spin = spin_budget_ns(config.worker_spin_us) > 0
         self._contended = 0.0  # when a call last overlapped another (monotonic): no worker spin soon after
         self.landlock = worker.landlock

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from gateway.backends import BackendConfig, LoadedModel, load_model
+from gateway.backends.isolated.process import IsolatedModel
 from gateway.server.app import GatewayThread
 from gateway.serving.batching import BatchingModel
 from tests import harness
@@ -55,13 +56,14 @@ def _wide_files() -> dict[str, bytes]:
 MODELS = {"mlp": make_onnx_mlp(IN_DIM, (64, 64), 2, seed=3), "wide": _wide_files()}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
+@pytest.fixture(scope="module", params=["none", "process"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
+    """The batched gateway with models in process and in isolated workers (batches awaited on the loop)."""
     env = harness.make_env(tmp_path_factory.mktemp("batch"))
     for name, files in MODELS.items():
         harness.seal_model(env, name, 1, files)
     return env.with_config(
-        backend={"intra_op_threads": 1},
+        backend={"intra_op_threads": 1, "isolation": request.param},
         batching={"enabled": True, "models": ["mlp", "wide"], "max_batch_size": 16, "max_queue_delay_us": 3000},
     )
 
@@ -96,6 +98,8 @@ def test_mixed_shape_load_is_byte_identical_to_unbatched_calls(
     env: harness.Env, gateway: Any, reference: dict[str, LoadedModel]
 ) -> None:
     assert all(isinstance(gateway.dataplane.model(n).model, BatchingModel) for n in MODELS)
+    isolated = env.config.backend.isolation == "process"
+    assert all(isinstance(gateway.dataplane.model(n).model.inner, IsolatedModel) == isolated for n in MODELS)
     headers = {"authorization": "Bearer " + harness.token(env, "infer:*")}
     clients = [harness.triton(env, gateway.grpc_port) for _ in range(CLIENTS)]
 
