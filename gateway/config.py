@@ -139,6 +139,17 @@ class BatchingSection:
     max_queue_delay_us: int = 500  # the longest the oldest request waits for a fuller batch
     preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when a batch of one of these sizes forms
     max_queue_size: int = 1024  # waiting requests per model; beyond: RESOURCE_EXHAUSTED
+    # per-model overrides of the keys above, as [batching.per_model.NAME] tables (a table opts its model in)
+    per_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check each [batching.per_model.NAME] table and freeze it: name -> overrides."""
+        object.__setattr__(self, "per_model", _model_tables(self, "per_model", "batching.per_model"))
+
+    def for_model(self, name: str) -> BatchingSection:
+        """The settings of one model: these with its [batching.per_model.NAME] overrides applied."""
+        overrides = self.per_model.get(name)
+        return dataclasses.replace(self, per_model={}, **overrides) if overrides else self
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,28 @@ class LogConfig:
     level: str = "info"  # "debug", "info", "warning" or "error"
 
 
+def _model_tables(section: Any, field_name: str, where: str) -> MappingProxyType[str, Any]:
+    """A section's per-model tables ([WHERE.NAME], each overriding the section's other keys), checked (model
+    names, known keys, right types) and frozen: name -> overrides."""
+    tables: dict[str, Mapping[str, Any]] = {}
+    given = getattr(section, field_name)
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"[{where.rsplit('.', 1)[0]}] {field_name} must be a table of [{where}.NAME] tables")
+    known = {f.name for f in dataclasses.fields(section)} - {"models", field_name}
+    for name, table in given.items():
+        if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+            raise ConfigError(f"[{where}] {name!r} is not a model name (1-64 of A-Z a-z 0-9 . _ -)")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{where}.{name}] must be a table")
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in [{where}.{name}] (known: {', '.join(sorted(known))})")
+        tables[name] = frozen_map(
+            {k: _coerce(v, getattr(type(section), k), f"[{where}.{name}] {k}") for k, v in table.items()}
+        )
+    return frozen_map(tables)
+
+
 @dataclass(frozen=True)
 class RolloutSection:
     """Canary/shadow rollouts and runtime failover (gateway/serving/canary.py): when to promote or roll back."""
@@ -191,6 +224,7 @@ class RolloutSection:
     min_samples: int = 20  # candidate requests before any regression may roll it back
     max_error_rate_delta: float = 0.05  # roll back when candidate error rate > stable's + this
     max_latency_ratio: float = 3.0  # roll back when candidate p99 > this x stable p99
+    min_latency_delta_ms: float = 1.0  # ...and p50, p99 each at least this many ms above stable's (not µs noise)
     max_disagreement: float = 0.05  # roll back when more than this share of compared answers disagree
     tolerance: float = 1e-4  # absolute and relative tolerance of an answer comparison
     compare: str = "values"  # "values" (within tolerance) or "argmax" (same top class per row: classifiers)
@@ -207,23 +241,7 @@ class RolloutSection:
 
     def __post_init__(self) -> None:
         """Check each [rollout.models.NAME] table (known keys, right types) and freeze it: name -> overrides."""
-        tables: dict[str, Mapping[str, Any]] = {}
-        if not isinstance(self.models, Mapping):
-            raise ConfigError("[rollout] models must be a table of [rollout.models.NAME] tables")
-        for name, table in self.models.items():
-            if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
-                raise ConfigError(f"[rollout.models] {name!r} is not a model name (1-64 of A-Z a-z 0-9 . _ -)")
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"[rollout.models.{name}] must be a table")
-            where = f"rollout.models.{name}"
-            known = {f.name for f in dataclasses.fields(self)} - {"models"}
-            unknown = sorted(set(table) - known)
-            if unknown:
-                raise ConfigError(f"unknown key {unknown[0]!r} in [{where}] (known: {', '.join(sorted(known))})")
-            tables[name] = MappingProxyType(
-                {k: _coerce(v, getattr(RolloutSection, k), f"[{where}] {k}") for k, v in table.items()}
-            )
-        object.__setattr__(self, "models", MappingProxyType(tables))
+        object.__setattr__(self, "models", _model_tables(self, "models", "rollout.models"))
 
     def for_model(self, name: str) -> RolloutSection:
         """The settings of one model: these defaults with its [rollout.models.NAME] overrides applied."""
@@ -325,16 +343,8 @@ class Config:
             raise ConfigError("[backend] worker_max_crashes must be >= 1, worker_slots between 1 and 64")
         if not 0 <= be.worker_spin_us <= 10_000:
             raise ConfigError("[backend] worker_spin_us must be between 0 and 10000")
-        b = self.batching
-        if not 1 <= b.max_batch_size <= 65536 or not 0 <= b.max_queue_delay_us <= 10_000_000 or b.max_queue_size < 1:
-            raise ConfigError(
-                "[batching] needs 1 <= max_batch_size <= 65536, 0 <= max_queue_delay_us <= 10000000, "
-                "max_queue_size >= 1"
-            )
-        if any(type(n) is not int or not 1 <= n <= b.max_batch_size for n in b.preferred_batch_sizes):
-            raise ConfigError("[batching] preferred_batch_sizes must be integers between 1 and max_batch_size")
-        if any(not isinstance(m, str) or not m for m in b.models):
-            raise ConfigError("[batching] models must be a list of model names")
+        for b in (self.batching, *map(self.batching.for_model, self.batching.per_model)):
+            _validate_batching(b)
         _validate_proxy(self.tls)
         m = self.monitor
         if not 0 < m.sample_rate <= 1 or not m.psi_threshold > 0 or m.min_samples < 1 or m.window_rows < 1:
@@ -354,6 +364,8 @@ def _validate_rollout(ro: RolloutSection, where: str) -> None:
         raise ConfigError(
             f"[{where}] needs max_error_rate_delta >= 0, max_latency_ratio >= 1, max_disagreement in [0, 1]"
         )
+    if not 0 <= ro.min_latency_delta_ms <= 60_000:
+        raise ConfigError(f"[{where}] min_latency_delta_ms must be from 0 to 60000")
     if ro.compare not in ("values", "argmax"):
         raise ConfigError(f"[{where}] compare must be 'values' or 'argmax'")
     if ro.mode not in ("", "canary", "shadow"):
@@ -413,6 +425,18 @@ def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
         default = getattr(defaults, name)
         kwargs[name] = _coerce(value, default, f"[{section}] {name}")
     return cls(**kwargs)
+
+
+def _validate_batching(b: BatchingSection) -> None:
+    """[batching] (or one model's settings with its [batching.per_model.NAME] table) must be usable."""
+    if not 1 <= b.max_batch_size <= 65536 or not 0 <= b.max_queue_delay_us <= 10_000_000 or b.max_queue_size < 1:
+        raise ConfigError(
+            "[batching] needs 1 <= max_batch_size <= 65536, 0 <= max_queue_delay_us <= 10000000, max_queue_size >= 1"
+        )
+    if any(type(n) is not int or not 1 <= n <= b.max_batch_size for n in b.preferred_batch_sizes):
+        raise ConfigError("[batching] preferred_batch_sizes must be integers between 1 and max_batch_size")
+    if any(not isinstance(m, str) or not m for m in b.models):
+        raise ConfigError("[batching] models must be a list of model names")
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:

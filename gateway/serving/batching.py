@@ -449,24 +449,39 @@ class Batching:
     policy: BatchPolicy
     models: frozenset[str] = frozenset()  # empty: every batchable model
     stats: BatchStats = field(default_factory=BatchStats)
+    per_model: Mapping[str, BatchPolicy | None] = field(default_factory=dict)  # None: that model is not batched
 
     @classmethod
     def of(cls, section: Any) -> Batching:
-        """Batching as a config's `[batching]` section (gateway.config.BatchingSection) sets it."""
-        policy = BatchPolicy(
-            section.max_batch_size,
-            section.max_queue_delay_us,
-            tuple(section.preferred_batch_sizes),
-            section.max_queue_size,
-        )
-        return cls(policy.check(), frozenset(section.models))
+        """Batching as a config's `[batching]` section (gateway.config.BatchingSection) sets it, with each
+        [batching.per_model.NAME] table's policy (a model with a table is opted in)."""
+        per_model = {}
+        for name in section.per_model:
+            own = section.for_model(name)
+            per_model[name] = _policy(own).check(f"[batching.per_model.{name}]") if own.enabled else None
+        models = frozenset(section.models) | frozenset(section.per_model) if section.models else frozenset()
+        return cls(_policy(section).check(), models, per_model=per_model)
+
+    def policy_of(self, name: str) -> BatchPolicy | None:
+        """The policy model `name` is batched by, or None if it is not opted in."""
+        if name in self.per_model:
+            return self.per_model[name]
+        return self.policy if not self.models or name in self.models else None
 
     def wrap(self, name: str, model: LoadedModel) -> LoadedModel:
         """`model` behind a dynamic batcher if it is opted in and batchable, else `model` itself."""
-        if self.models and name not in self.models:
+        policy = self.policy_of(name)
+        if policy is None:
             return model
         if not batchable(model):
-            if self.models:
-                log.warning("model %s is listed in [batching] models but has no dynamic leading dimension", name)
+            if self.models or name in self.per_model:
+                log.warning("model %s is listed in [batching] but has no dynamic leading dimension", name)
             return model
-        return BatchingModel(name, model, self.policy, self.stats)
+        return BatchingModel(name, model, policy, self.stats)
+
+
+def _policy(section: Any) -> BatchPolicy:
+    """The BatchPolicy of a [batching] section (or one model's settings)."""
+    return BatchPolicy(
+        section.max_batch_size, section.max_queue_delay_us, tuple(section.preferred_batch_sizes), section.max_queue_size
+    )

@@ -192,6 +192,44 @@ def test_batching_section_is_validated_and_off_by_default() -> None:
         Config().replaced(batching={"max_delay": 5})
 
 
+def test_per_model_tables_set_each_models_policy(tmp_path: Any) -> None:
+    """[batching.per_model.NAME] tables (Triton's per-model dynamic_batching): own knobs, opt-in, opt-out."""
+    from gateway.config import BatchingSection, ConfigError, load_config
+
+    text = """
+[batching]
+enabled = true
+models = ["mlp"]
+max_batch_size = 32
+[batching.per_model.heavy]
+max_batch_size = 8
+max_queue_delay_us = 100
+preferred_batch_sizes = [4, 8]
+[batching.per_model.mlp]
+max_queue_delay_us = 0
+[batching.per_model.raw]
+enabled = false
+"""
+    path = tmp_path / "sealgate.toml"
+    path.write_text(text)
+    batching = Batching.of(load_config(path).batching)
+    assert batching.policy_of("heavy") == BatchPolicy(8, 100, (4, 8), 1024)  # opted in by its table
+    assert batching.policy_of("mlp") == BatchPolicy(32, 0, (), 1024)  # listed, one key overridden
+    assert batching.policy_of("raw") is None and batching.policy_of("other") is None
+    everyone = Batching.of(BatchingSection(enabled=True, per_model={"raw": {"enabled": False}}))
+    assert everyone.policy_of("any") == BatchPolicy() and everyone.policy_of("raw") is None
+    for bad, match in (
+        ("[batching.per_model.heavy]\nmax_batch_size = 0\n", r"\[batching\]"),
+        ("[batching.per_model.heavy]\npreferred_batch_sizes = [64]\nmax_batch_size = 8\n", "preferred"),
+        ("[batching.per_model.heavy]\nmax_delay = 1\n", r"unknown key 'max_delay' in \[batching.per_model.heavy\]"),
+        ("[batching.per_model.heavy]\nmodels = ['x']\n", "unknown key 'models'"),
+        ('[batching.per_model."../x"]\nmax_batch_size = 8\n', "not a model name"),
+    ):
+        path.write_text("[batching]\nenabled = true\n" + bad)
+        with pytest.raises(ConfigError, match=match):
+            load_config(path)
+
+
 # --- the event loop's path (what the data plane awaits) ------------------------------------------
 
 
