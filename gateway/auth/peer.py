@@ -47,7 +47,7 @@ def peer_from_cert(cert: bytes | str | None) -> PeerIdentity:
             parsed = x509.load_pem_x509_certificate(data)
         else:
             parsed = x509.load_der_x509_certificate(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         raise Unauthenticated("client certificate unreadable", reason="malformed") from None
     der = parsed.public_bytes(serialization.Encoding.DER)
     return PeerIdentity(

@@ -174,7 +174,7 @@ def forwarded_peer(element: Element, via: PeerIdentity) -> ForwardedPeer:
         raise _refuse("Cert must be exactly one PEM certificate")
     try:
         der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError (a v1/v2 or bogus version field)
         raise _refuse("Cert is not a readable certificate") from None
     if not hmac.compare_digest(hashlib.sha256(der).hexdigest(), element.hash):
         raise _refuse("Hash does not match Cert")
