@@ -1,6 +1,7 @@
 """Isolated backends: each model version runs in its own sandboxed worker process (`[backend] isolation =
 "process"`), away from the gateway's keys and files. See process.py (the gateway's side), worker.py (the
-worker), landlock.py (the sandbox) and events.py (crash and restart reports).
+worker), tf_worker.py (TensorFlow's check, packing and load), landlock.py (the sandbox) and events.py (crash
+and restart reports).
 """
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ def sandbox_status() -> str:
 
 
 def load_isolated(files: Mapping[str, bytes], config: BackendConfig, label: str = "") -> LoadedModel:
-    """Load a model in a worker process: ONNX is checked here (the model policy) and run there.
+    """Load a model in a worker process: ONNX and TensorFlow are checked here (the model policy), run there.
 
-    Other backends (TensorFlow) still load in this process, with a warning: their isolation is not built yet.
+    Other backends still load in this process, with a warning: their isolation is not built yet.
     """
     backend = registry.detect(files)
+    if backend.name == "tensorflow":
+        from gateway.backends.isolated.tf_worker import tensorflow_load
+
+        payload, tf_load = tensorflow_load(files, config)  # UnsafeModel here: no worker is started
+        return IsolatedModel(backend.platform, payload, tf_load, config, label or registry.SAVED_MODEL)
     if backend.name != "onnx":
         log.warning(
-            "isolation covers ONNX models only: %s model %s loads in the gateway's process", backend.name, label
+            "isolation covers ONNX and TensorFlow models only: %s model %s loads in the gateway's process",
+            backend.name,
+            label,
         )
         return backend.load(files, config)
     from gateway.backends.onnx_backend import prepare_onnx
@@ -43,6 +51,7 @@ def load_isolated(files: Mapping[str, bytes], config: BackendConfig, label: str 
     model_path = registry.onnx_files(files)[0]
     checked, ranks = prepare_onnx(model_path, files)
     load = {
+        "platform": backend.platform,
         "model_path": model_path,
         "ranks": ranks,
         "providers": list(config.providers),

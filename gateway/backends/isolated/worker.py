@@ -3,9 +3,10 @@
 Started by gateway.backends.isolated.process as `python -I -B -m gateway.backends.isolated.worker SHM SIZE
 MODEL SLOT_SIZE SPLIT SOCK...` with exactly those descriptors open: the shared tensor region (a memfd of
 SIZE bytes), a memfd holding the checked model bytes, and one SOCK_SEQPACKET control socket per slot. It
-imports what it needs, reads the model, applies Landlock (no file-system right at all, no TCP, scoped IPC),
-then builds the ONNX Runtime session from bytes; one thread per slot answers that slot's messages in turn.
-It trusts the gateway, never the model.
+reads the load message, imports the runtime its `platform` names, reads the model, applies Landlock (no
+file-system right beyond what the runtime reads, no TCP, scoped IPC), then builds the model: an ONNX Runtime
+session from bytes, or a TensorFlow SavedModel through ram:// (tf_worker.py); one thread per slot answers
+that slot's messages in turn. It trusts the gateway, never the model.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
-from gateway.backends.base import BackendConfig
+from gateway.backends.base import BackendConfig, LoadedModel
 from gateway.backends.isolated import landlock, wire
-from gateway.backends.onnx_backend import OnnxModel, session_model
 from gateway.errors import InvalidInput, SealgateError, TooLarge, UnsupportedFormat
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+ONNX_PLATFORM = "onnxruntime_onnx"
 
 _ERRORS = (InvalidInput, TooLarge, UnsupportedFormat)
 
@@ -48,6 +52,8 @@ def _error(exc: BaseException) -> bytes:
 
 def _options(message: dict[str, Any]) -> ort.SessionOptions:
     """Session options that read and write nothing: ONNX format only, no EP context, no profiling."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.add_session_config_entry("session.load_model_format", "ONNX")
     options.add_session_config_entry("ep.context_enable", "0")
@@ -59,14 +65,12 @@ def _options(message: dict[str, Any]) -> ort.SessionOptions:
     return options
 
 
-def _load(sock: socket.socket, model_fd: int) -> tuple[OnnxModel, int, dict[str, Any]]:
-    """Read the load message and the model bytes, restrict this process, build the session."""
-    message = wire.decode(sock.recv(wire.MAX_CONTROL))
-    size = int(message["size"])
-    checked = os.pread(model_fd, size, 0) if size else b""
-    os.close(model_fd)
-    if len(checked) != size:
-        raise UnsupportedFormat("the model bytes arrived short")
+def _load_onnx(message: dict[str, Any], checked: bytes) -> tuple[LoadedModel, int]:
+    """Import ONNX Runtime, restrict this process (no file at all), build the session from the bytes."""
+    import onnxruntime  # noqa: F401  (imported before the sandbox closes: an import after it is refused)
+
+    from gateway.backends.onnx_backend import session_model
+
     abi = 0
     if message.get("landlock", True) and landlock.abi_version() > 0:
         abi = landlock.restrict()
@@ -74,12 +78,32 @@ def _load(sock: socket.socket, model_fd: int) -> tuple[OnnxModel, int, dict[str,
         tuple(message["providers"]), int(message["intra_op_threads"]), int(message["inter_op_threads"])
     )
     ranks = {str(k): bool(v) for k, v in message["ranks"].items()}
-    model = session_model(str(message["model_path"]), checked, ranks, config, _options(message))
+    return session_model(str(message["model_path"]), checked, ranks, config, _options(message)), abi
+
+
+def _load(sock: socket.socket, model_fd: int) -> tuple[LoadedModel, int, dict[str, Any]]:
+    """Read the load message and the model bytes, then load by the message's platform (each loader applies
+    the sandbox after its imports and before the model is parsed)."""
+    message = wire.decode(sock.recv(wire.MAX_CONTROL))
+    size = int(message["size"])
+    checked = os.pread(model_fd, size, 0) if size else b""
+    os.close(model_fd)
+    if len(checked) != size:
+        raise UnsupportedFormat("the model bytes arrived short")
+    platform = message.get("platform", ONNX_PLATFORM)
+    if platform == ONNX_PLATFORM:
+        model, abi = _load_onnx(message, checked)
+    elif platform == "tensorflow_savedmodel":
+        from gateway.backends.isolated import tf_worker  # TensorFlow is imported only by a worker that runs it
+
+        model, abi = tf_worker.load_in_worker(message, checked)
+    else:
+        raise UnsupportedFormat(f"the worker runs no {str(platform)[:40]!r} models")
     del checked
     return model, abi, message
 
 
-def _specs(model: OnnxModel) -> dict[str, Any]:
+def _specs(model: LoadedModel) -> dict[str, Any]:
     def one(spec: Any) -> list[Any]:
         return [spec.name, spec.datatype, list(spec.shape), spec.rank_known]
 
@@ -91,7 +115,7 @@ _SPIN_SWITCH_S = 50e-6  # with a spin on, a thread waiting for the GIL gets it w
 
 
 def serve(
-    sock: socket.socket, region: memoryview, split: int, model: OnnxModel, spin_ns: int = 0, slot: int = 0
+    sock: socket.socket, region: memoryview, split: int, model: LoadedModel, spin_ns: int = 0, slot: int = 0
 ) -> None:
     """Answer call messages until the gateway closes the socket: inputs in region[:split], outputs after.
 
