@@ -39,7 +39,10 @@ def load_reference(files: Mapping[str, bytes]) -> np.ndarray:
         raise NotExplainable(f"{REFERENCE_FILE} is not an npz (zip) archive")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            size = archive.getinfo(f"{ARRAY}.npy").file_size
+            info = archive.getinfo(f"{ARRAY}.npy")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # what numpy writes
+                raise NotExplainable(f"{REFERENCE_FILE}: array {ARRAY!r} is compressed with an unsupported method")
+            size = info.file_size
             if size > MAX_UNCOMPRESSED:
                 raise NotExplainable(f"{REFERENCE_FILE}: array {ARRAY!r} is {size} bytes, over {MAX_UNCOMPRESSED}")
             x = _npy(archive.read(f"{ARRAY}.npy"))
