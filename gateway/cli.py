@@ -864,11 +864,14 @@ def demo(
     clients: Annotated[int, typer.Option(help="Federated clients.")] = 5,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     epsilon: Annotated[float, typer.Option(help="Per-client ε target for the whole run.")] = 3.0,
+    isolation: Annotated[
+        str, typer.Option(help="The demo gateway's [backend] isolation: 'none' or 'process' (default: the config's).")
+    ] = "",
 ) -> None:
     """The whole story in one command, offline: PKI, train, seal, serve, DP fine-tune, prune, gate, release."""
     from gateway.demo import run_demo
 
-    run_demo(dir, clients=clients, rounds=rounds, epsilon=epsilon)
+    run_demo(dir, clients=clients, rounds=rounds, epsilon=epsilon, isolation=isolation)
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ class RolloutSection:
     min_samples: int = 20  # candidate requests before any regression may roll it back
     max_error_rate_delta: float = 0.05  # roll back when candidate error rate > stable's + this
     max_latency_ratio: float = 3.0  # roll back when candidate p99 > this x stable p99
-    min_latency_delta_ms: float = 1.0  # ...and p50, p99 each at least this many ms above stable's (not µs noise)
+    min_latency_delta_ms: float = 2.0  # ...and p50, p99 each at least this many ms above stable's (not µs noise)
     max_disagreement: float = 0.05  # roll back when more than this share of compared answers disagree
     tolerance: float = 1e-4  # absolute and relative tolerance of an answer comparison
     compare: str = "values"  # "values" (within tolerance) or "argmax" (same top class per row: classifiers)

@@ -89,8 +89,11 @@ def prepare_workdir(workdir: Path) -> Path:
     return workdir
 
 
-def _write_config(workdir: Path, grpc_port: int, rest_port: int, metrics_port: int) -> Path:
+def _write_config(workdir: Path, grpc_port: int, rest_port: int, metrics_port: int, isolation: str = "") -> Path:
     path = workdir / "sealgate.toml"
+    if isolation not in ("", "none", "process"):
+        raise ConfigError("--isolation must be 'none' or 'process'")
+    backend = f'\n[backend]\nisolation = "{isolation}"\n' if isolation else ""  # else the default
     path.write_text(
         f"""# written by `sealgate demo`
 [server]
@@ -109,7 +112,7 @@ path = "audit.log"
 promote_after = {CANARY_PROMOTE_AFTER}
 compare = "argmax"
 max_disagreement = 0.25
-"""
+{backend}"""
     )
     return path
 
@@ -173,6 +176,7 @@ def run_demo(
     rounds: int = 3,
     epsilon: float = 3.0,
     sparsity: float = 0.5,
+    isolation: str = "",
 ) -> DemoResult:
     """Run the whole story; returns (and writes) the measured table."""
     import tritonclient.grpc as grpcclient
@@ -240,7 +244,8 @@ def run_demo(
     console.print(f"    sealed v1 (local held-out accuracy {base_acc_local:.3f}) -> models/{MODEL}/1.sealed")
 
     _step(3, "start the gateway (mTLS + JWT, gRPC + REST) on loopback")
-    config = load_config(_write_config(workdir, free_loopback_port(), free_loopback_port(), free_loopback_port()))
+    ports = free_loopback_port(), free_loopback_port(), free_loopback_port()
+    config = load_config(_write_config(workdir, *ports, isolation=isolation))
     tok = mint_token(certs / "jwt-issuer.key", certs / "jwks.json", "demo-app", [f"infer:{MODEL}"], ttl=3600)
     headers = {"authorization": f"Bearer {tok}"}
     with GatewayThread(config) as gw:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,9 +76,15 @@ poll_interval_s = 0.2
 
 [audit]
 path = "audit.log"
-"""
+{_backend_section()}"""
     )
     return Env(root, certs, models, load_config(toml))
+
+
+def _backend_section() -> str:
+    """`[backend] isolation = ...` when SEALGATE_TEST_ISOLATION names one (to run a suite isolated); else nothing."""
+    isolation = os.environ.get("SEALGATE_TEST_ISOLATION", "")
+    return f'\n[backend]\nisolation = "{isolation}"\n' if isolation else ""
 
 
 def seal_model(

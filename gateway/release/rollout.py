@@ -23,14 +23,16 @@ def rollout_request(canary: int = 0, shadow: int = 0, sticky: bool = False) -> p
 
 
 def rollout_summary(r: pb.RolloutStatus) -> str:
-    """One line: the rollout's mode, versions and live comparison, or its decision."""
+    """One line: the rollout's mode, versions and live comparison (p50 too: latency judges both), or its decision."""
     if not r.mode:
         return f"last rollout: {r.decision}"
     sticky = ", sticky" if r.sticky else ""
     line = (
         f"{r.mode} v{r.candidate} at {r.percent}%{sticky} beside stable v{r.stable}: "
-        f"candidate {r.candidate_requests} req, {r.candidate_errors} err, p99 {r.candidate_p99_ms:.2f} ms; "
-        f"stable {r.stable_requests} req, {r.stable_errors} err, p99 {r.stable_p99_ms:.2f} ms; "
+        f"candidate {r.candidate_requests} req, {r.candidate_errors} err, "
+        f"p50 {r.candidate_p50_ms:.2f} p99 {r.candidate_p99_ms:.2f} ms; "
+        f"stable {r.stable_requests} req, {r.stable_errors} err, "
+        f"p50 {r.stable_p50_ms:.2f} p99 {r.stable_p99_ms:.2f} ms; "
         f"disagreement {r.disagreement:.3f} of {r.compared}"
     )
     return line + (f"; decided: {r.decision}" if r.decision else "")

@@ -15,8 +15,10 @@ InvalidInput) or a NaN/inf output is a failure; latency is the model's own run. 
 - ROLL BACK once the candidate has `min_samples` outcomes and its error rate exceeds stable's by more than
   `max_error_rate_delta`, or its p99 latency exceeds `max_latency_ratio` x stable's p99 (and its p50 the
   same multiple of stable's p50: the whole distribution moved, not one scheduling outlier in a small
-  sample, which on a busy host can be milliseconds), or the share of compared answers that disagree
-  (beyond `tolerance`) exceeds `max_disagreement`;
+  sample, which on a busy host can be milliseconds) with both also at least `min_latency_delta_ms` above
+  stable's (a ratio alone condemns a tiny model whose isolated worker pays a wake-up of a few hundred µs
+  that stable's busier worker does not), or the share of compared answers that disagree (beyond
+  `tolerance`) exceeds `max_disagreement` (checked before latency: it is certain, latency is noisy);
 - PROMOTE after `promote_after` candidate outcomes with none of those.
 The manager applies a decision (ledger, routes) and audits it; a rolled-back candidate stops receiving
 traffic at once, before the ledger is written.
@@ -39,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import SealgateError, Unavailable
+from gateway.errors import ModelFailed, SealgateError, Unavailable
 from gateway.serving.ledger import RolloutPlan
 from gateway.serving.status import ServedModel
 
@@ -63,6 +65,7 @@ class RolloutSettings:
     min_samples: int = 20  # candidate outcomes before any regression decision
     max_error_rate_delta: float = 0.05  # candidate error rate may exceed stable's by at most this
     max_latency_ratio: float = 3.0  # candidate p99 may be at most this times stable's p99
+    min_latency_delta_ms: float = 2.0  # ...or at most this many ms slower (p50 and p99): both must be exceeded
     max_disagreement: float = 0.05  # share of compared answers that may disagree
     tolerance: float = 1e-4  # absolute and relative tolerance of an output comparison
     compare: str = "values"  # "values": every output within tolerance; "argmax": the same top class per row
@@ -91,11 +94,12 @@ class Decision:
 
 
 def is_backend_error(error: BaseException) -> bool:
-    """True for a failure of the model or runtime (counted against it); False for the client's own mistake
-    (InvalidInput, TooLarge...) and for a cancelled call (a BaseException such as asyncio.CancelledError)."""
+    """True for a failure of the model or runtime (counted against it: an in-process runtime's own exception,
+    an isolated worker's ModelFailed or Unavailable); False for the client's own mistake (InvalidInput,
+    TooLarge...) and for a cancelled call (a BaseException such as asyncio.CancelledError)."""
     if not isinstance(error, Exception):
         return False
-    return not isinstance(error, SealgateError) or isinstance(error, Unavailable)
+    return not isinstance(error, SealgateError) or isinstance(error, (ModelFailed, Unavailable))
 
 
 def finite(outputs: Mapping[str, Any]) -> bool:
@@ -126,6 +130,12 @@ def agree(left: Mapping[str, Any], right: Mapping[str, Any], tolerance: float, c
         elif not np.array_equal(a, b):
             return False
     return True
+
+
+def slower(candidate_ms: float, stable_ms: float, cfg: RolloutSettings) -> bool:
+    """Whether a candidate latency is a regression: over `max_latency_ratio` x stable's AND at least
+    `min_latency_delta_ms` above it (NaN, no successful call on a side, is never slower)."""
+    return candidate_ms > cfg.max_latency_ratio * stable_ms and candidate_ms - stable_ms >= cfg.min_latency_delta_ms
 
 
 class Side:
@@ -319,7 +329,7 @@ class Rollout:
         n = f["candidate_requests"]
         if n < cfg.min_samples:
             return None
-        v = f"v{self.plan.candidate}"
+        v = f"v{self.plan.candidate}"  # the rules in order of certainty: errors, disagreement, then latency
         if f["candidate_error_rate"] > f["stable_error_rate"] + cfg.max_error_rate_delta:
             why = (
                 f"{v} error rate {f['candidate_error_rate']:.3f} > stable {f['stable_error_rate']:.3f} "
@@ -328,12 +338,14 @@ class Rollout:
             return Decision(ROLLBACK, why, f)
         c99, s99 = f["candidate_p99_ms"], f["stable_p99_ms"]
         c50, s50 = f["candidate_p50_ms"], f["stable_p50_ms"]
-        ratio = cfg.max_latency_ratio
-        if f["stable_requests"] >= cfg.min_samples and c99 > ratio * s99 and c50 > ratio * s50:
-            why = f"{v} p99 {c99:.3f} ms > {ratio:g} x stable p99 {s99:.3f} ms (p50 {c50:.3f} vs {s50:.3f} ms)"
-            return Decision(ROLLBACK, why, f)
         if f["compared"] >= cfg.min_samples and f["disagreement"] > cfg.max_disagreement:
             why = f"{v} disagrees with stable on {f['disagreement']:.3f} of {int(f['compared'])} compared answers"
+            return Decision(ROLLBACK, why, f)
+        if f["stable_requests"] >= cfg.min_samples and slower(c50, s50, cfg) and slower(c99, s99, cfg):
+            why = (
+                f"{v} p99 {c99:.3f} ms > {cfg.max_latency_ratio:g} x stable p99 {s99:.3f} ms "
+                f"(p50 {c50:.3f} vs {s50:.3f} ms; both over the ratio and >= {cfg.min_latency_delta_ms:g} ms slower)"
+            )
             return Decision(ROLLBACK, why, f)
         if n >= cfg.promote_after:
             why = (
