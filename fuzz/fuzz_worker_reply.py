@@ -44,7 +44,7 @@ def read(data: bytes) -> None:
     _BUFFER[:SPLIT] = bytes([MARKER]) * SPLIT
     tail = rest[: REGION - SPLIT]
     _BUFFER[SPLIT:] = tail + bytes(REGION - SPLIT - len(tail))
-    outputs, kind, text = SLOT.outputs_of(memoryview(message), NAMES)
+    outputs, kind, text, _ = SLOT.outputs_of(memoryview(message), NAMES)
     if kind or text:
         if outputs or kind not in wire.ERRORS[1:]:
             raise AssertionError(f"an error reply gave outputs {sorted(outputs)} and kind {kind!r}")
@@ -80,7 +80,7 @@ def _contents(array: np.ndarray) -> bytes:
 def _descriptors(message: bytes) -> dict[str, tuple[int, tuple[int, ...], int, int]]:
     """An independent reading of a success reply's descriptors: name -> (code, shape, offset, nbytes)."""
     (count,) = struct.unpack_from("<H", message, 2)
-    pos, out = wire.REPLY.size, {}
+    pos, out = wire.REPLY.size + wire.RUN.size, {}
     for _ in range(count):
         index, code, rank, offset, nbytes = _HEAD.unpack_from(message, pos)
         dims = struct.unpack_from(f"<{rank}q", message, pos + _HEAD.size)
@@ -110,7 +110,8 @@ def seeds() -> dict[str, bytes]:
     ]
     valid = wire.reply_ok(outputs, region, SPLIT, REGION)
     mine = bytes(region[SPLIT:]).rstrip(b"\0")
-    ok = wire.REPLY.pack(wire.OK, 1)
+    run = wire.RUN.pack(2_000)
+    ok = wire.REPLY.pack(wire.OK, 1) + run
     cases = {
         "seed-valid-three-outputs": _case(valid, mine),
         "seed-valid-one-output": _case(wire.reply_ok(outputs[:1], region, SPLIT, REGION), mine),
@@ -130,10 +131,11 @@ def seeds() -> dict[str, bytes]:
         "seed-bytes-huge-count": _case(ok + _desc(1, text, [1 << 40], SPLIT, 8)),
         "seed-unknown-output": _case(ok + _desc(3, fp32, [2], SPLIT, 8)),
         "seed-same-output-twice": _case(
-            wire.REPLY.pack(wire.OK, 2) + _desc(0, fp32, [2], SPLIT, 8) + _desc(0, fp32, [2], SPLIT + 64, 8)
+            wire.REPLY.pack(wire.OK, 2) + run + _desc(0, fp32, [2], SPLIT, 8) + _desc(0, fp32, [2], SPLIT + 64, 8)
         ),
-        "seed-count-lies": _case(wire.REPLY.pack(wire.OK, 2) + _desc(0, fp32, [2], SPLIT, 8)),
-        "seed-more-than-the-model": _case(wire.REPLY.pack(wire.OK, 5) + _desc(0, fp32, [2], SPLIT, 8)),
+        "seed-count-lies": _case(wire.REPLY.pack(wire.OK, 2) + run + _desc(0, fp32, [2], SPLIT, 8)),
+        "seed-more-than-the-model": _case(wire.REPLY.pack(wire.OK, 5) + run + _desc(0, fp32, [2], SPLIT, 8)),
+        "seed-no-run-time": _case(wire.REPLY.pack(wire.OK, 0) + b"\1"),
         "seed-trailing-bytes": _case(ok + _desc(0, fp32, [2], SPLIT, 8) + b"x"),
         "seed-rank-65": _case(ok + struct.pack("<HBBQQ", 0, fp32, 65, SPLIT, 0) + bytes(65 * 8)),
         "seed-cut-short": _case((ok + _desc(0, fp32, [2], SPLIT, 8))[:-3]),

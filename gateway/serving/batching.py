@@ -403,10 +403,11 @@ class _LoopBatcher:
         """Run one batch and settle each request with its rows, or with the batch's error."""
         owner = self.owner
         began = time.perf_counter_ns()
+        ran = -1
         try:
             joined, names = owner._joined(live)
-            if self.awaitable is not None:
-                outputs = (await self.awaitable(joined, names))[0]
+            if self.awaitable is not None:  # an isolated model says when its run began and how long it took
+                outputs, began, ran = await self.awaitable(joined, names)
             else:
                 outputs = await asyncio.to_thread(owner.inner.infer, joined, names)
             parts = owner._parts(live, outputs)
@@ -418,7 +419,8 @@ class _LoopBatcher:
         finally:
             self.running -= 1
             self.loop.call_soon(self.pump)
-        ran = time.perf_counter_ns() - began
+        if ran < 0:
+            ran = time.perf_counter_ns() - began
         owner._stats.observe(owner.name, sum(r.rows for r in live), [(began - r.queued_ns) / 1e9 for r in live])
         for request, part in zip(live, parts, strict=True):
             if not request.future.done():

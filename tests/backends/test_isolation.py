@@ -221,7 +221,8 @@ FP32, BYTES_CODE = wire.CODES["FP32"], wire.CODES["BYTES"]
 
 def _reply(*descriptors: bytes, count: int | None = None) -> bytes:
     """A success reply of `descriptors` (the count can lie)."""
-    return wire.REPLY.pack(wire.OK, len(descriptors) if count is None else count) + b"".join(descriptors)
+    head = wire.REPLY.pack(wire.OK, len(descriptors) if count is None else count)
+    return head + wire.RUN.pack(1000) + b"".join(descriptors)
 
 
 def _desc(index: int, code: int, dims: list[int], offset: int, nbytes: int) -> bytes:
@@ -248,6 +249,7 @@ def _desc(index: int, code: int, dims: list[int], offset: int, nbytes: int) -> b
         wire.REPLY.pack(99, 0),  # unknown status
         wire.REPLY.pack(1, 50) + b"short",  # error text shorter than it says
         b"\x00",  # shorter than a header
+        wire.REPLY.pack(wire.OK, 0) + b"\x01\x02",  # a success header without its run time
     ],
 )
 def test_malformed_worker_replies_are_refused(message: bytes) -> None:
@@ -264,15 +266,17 @@ def test_well_formed_replies_round_trip() -> None:
     region = memoryview(bytearray(8192))
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     s = np.array([b"ab", b"", b"c"], dtype=object)
-    message = wire.reply_ok([(1, FP32, x), (0, BYTES_CODE, s)], region, 0, 8192)
-    out, kind, text = wire.read_reply(message, ("s", "x"), region, 0, 8192)
+    message = wire.reply_ok([(1, FP32, x), (0, BYTES_CODE, s)], region, 0, 8192, run_ns=12_345)
+    out, kind, text, run_ns = wire.read_reply(message, ("s", "x"), region, 0, 8192)
     assert kind == text == "" and out["x"].tobytes() == x.tobytes() and out["s"].tolist() == s.tolist()
+    assert run_ns == 12_345  # the model's run as the worker timed it
     region[:] = bytes(8192)
     assert out["x"].tobytes() == x.tobytes()
     assert wire.read_reply(wire.reply_error("TooLarge", "too big"), ("x",), region, 0, 8192) == (
         {},
         "TooLarge",
         "too big",
+        0,
     )
     assert wire.read_reply(wire.reply_error("KeyError", "?"), ("x",), region, 0, 8192)[1] == "Internal"
 
@@ -405,6 +409,23 @@ def test_async_calls_share_the_slots_and_match_sync(mlp: IsolatedModel) -> None:
 
     assert asyncio.run(run()) == want
     assert mlp.infer(batches[3])["output"].tobytes() == want[3]
+
+
+def test_an_async_call_reports_the_models_own_run(mlp: IsolatedModel) -> None:
+    """The run the data plane records (statistics, canary judgment) is the model's, timed in the worker: less
+    than the round trip seen here, and placed at its end (the hand-over counts as queueing)."""
+    import asyncio
+
+    x = {"input": np.ones((4, 16), np.float32)}
+
+    async def run() -> tuple[int, int, int, int]:
+        t0 = time.perf_counter_ns()
+        _, began, took = await mlp.infer_async(x)
+        return t0, began, took, time.perf_counter_ns()
+
+    for t0, began, took, t1 in [asyncio.run(run()) for _ in range(5)]:
+        assert 0 < took < t1 - t0
+        assert t0 < began and began + took <= t1
 
 
 def test_kill_under_async_load_fails_only_the_calls_in_the_worker(seen: list[events.WorkerEvent]) -> None:

@@ -134,8 +134,9 @@ class _Slot:
             if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                 raise TimeoutError("no reply before the deadline")
 
-    def outputs_of(self, data: memoryview, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], str, str]:
-        """The reply's outputs, copied out of the region after every descriptor was checked (or its error)."""
+    def outputs_of(self, data: memoryview, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], str, str, int]:
+        """The reply's outputs, copied out of the region after every descriptor was checked (or its error), and
+        the run the worker claims (ns)."""
         return wire.read_reply(data, names, self.region, self.split, len(self.region))
 
 
@@ -495,11 +496,12 @@ class IsolatedModel:
         self._give_back(worker, index)
         return error
 
-    def _answer(self, worker: _Worker, index: int, data: memoryview) -> dict[str, np.ndarray]:
-        """The outputs of a reply, or its error as the gateway's own type; the slot is given back."""
+    def _answer(self, worker: _Worker, index: int, data: memoryview) -> tuple[dict[str, np.ndarray], int]:
+        """The outputs of a reply and the model's run as the worker timed it (ns), or the reply's error as the
+        gateway's own type; the slot is given back."""
         try:
             try:
-                outputs, kind, text = worker.slots[index].outputs_of(data, self._output_names)
+                outputs, kind, text, run_ns = worker.slots[index].outputs_of(data, self._output_names)
             except wire.WireError as exc:
                 self._lost(worker, events.CRASHED, f"malformed reply: {clip(exc)}")
                 raise Unavailable("the model's worker answered badly; it is being restarted") from None
@@ -508,7 +510,7 @@ class IsolatedModel:
                 raise ModelFailed("the model failed while running")
             if kind:
                 raise _ERRORS.get(kind, Unavailable)(clip(text or "the model's worker failed", 300))
-            return outputs
+            return outputs, run_ns
         finally:
             self._give_back(worker, index)
 
@@ -523,14 +525,17 @@ class IsolatedModel:
             reply = worker.slots[index].receive(until - time.monotonic())
         except (TimeoutError, EOFError, OSError, ValueError) as exc:
             raise self._failed_call(worker, index, exc) from None
-        return self._answer(worker, index, reply)
+        return self._answer(worker, index, reply)[0]
 
     async def infer_async(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> tuple[dict[str, np.ndarray], int, int]:
         """`infer` awaited on the event loop, with no thread held while the worker runs; returns (outputs,
-        start ns, run ns) as the data plane times phases. The reply wakes the loop through a reader on the
-        slot's socket (no task, no thread per call); the loop never spins: it has other calls to run."""
+        start ns, run ns) as the data plane times phases: the run is the model's own, timed in the worker
+        (bounded by the round trip seen here), and the start is when that run began as seen from here, so the
+        hand-over to and from the worker counts as queueing, not as the model's time (a canary judge compares
+        models, not process wake-ups). The reply wakes the loop through a reader on the slot's socket (no task,
+        no thread per call); the loop never spins: it has other calls to run."""
         began = time.perf_counter_ns()
         call = self._prepare(inputs, outputs)
         until = time.monotonic() + self._config.worker_deadline_s
@@ -549,13 +554,15 @@ class IsolatedModel:
         worker, index = sent
         slot = worker.slots[index]
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        future: asyncio.Future[tuple[dict[str, np.ndarray], int]] = loop.create_future()
         fd = slot.sock.fileno()
         timer = loop.call_later(max(until - time.monotonic(), 0.0), self._overdue, loop, fd, worker, index, future)
         loop.add_reader(fd, self._readable, loop, fd, worker, index, future, timer)
         # a cancelled caller cancels only `future`: the reader stays, drains the slot's reply and gives it back
-        result = await future
-        return result, began, time.perf_counter_ns() - began
+        answer, run_ns = await future
+        ended = time.perf_counter_ns()
+        run_ns = min(run_ns, ended - began)
+        return answer, ended - run_ns, run_ns
 
     def _readable(
         self,
@@ -563,7 +570,7 @@ class IsolatedModel:
         fd: int,
         worker: _Worker,
         index: int,
-        future: asyncio.Future[dict[str, np.ndarray]],
+        future: asyncio.Future[tuple[dict[str, np.ndarray], int]],
         timer: asyncio.TimerHandle,
     ) -> None:
         """On the loop, when the slot's socket is readable: take the reply (or the worker's death) and settle."""
@@ -594,7 +601,7 @@ class IsolatedModel:
         fd: int,
         worker: _Worker,
         index: int,
-        future: asyncio.Future[dict[str, np.ndarray]],
+        future: asyncio.Future[tuple[dict[str, np.ndarray], int]],
     ) -> None:
         """On the loop, at the deadline with no reply: the worker is killed and replaced, the call fails."""
         loop.remove_reader(fd)

@@ -5,7 +5,7 @@ A call message is a header and one descriptor per tensor (struct, little-endian,
 by its index in the model's input or output list, agreed at load):
 
     request  = <HHBx inputs, requested outputs (0: all), flags>  descriptor * inputs  <H index> * requested
-    reply    = <BxH status 0, outputs>  descriptor * outputs
+    reply    = <BxH status 0, outputs> <Q the model's run in ns, as the worker timed it>  descriptor * outputs
              | <BxH status (error kind), message length>  UTF-8 message
     descriptor = <HBBQQ index, datatype code, rank, offset, nbytes>  <q dimension> * rank
 
@@ -37,6 +37,7 @@ _LEN = struct.Struct("<I")
 HEAD = struct.Struct("<HHBx")
 SPIN = 1  # request flag: the gateway is lightly loaded, so the worker may poll for the next call (its spin)
 REPLY = struct.Struct("<BxH")
+RUN = struct.Struct("<Q")  # after a success reply's header: the model's own run (ns), for statistics and canaries
 INDEX = struct.Struct("<H")
 _DESCRIPTORS = tuple(struct.Struct(f"<HBBQQ{rank}q") for rank in range(MAX_RANK + 1))
 _DESCRIPTOR_SIZE = _DESCRIPTORS[0].size
@@ -131,9 +132,11 @@ def request(
     return b"".join(parts)
 
 
-def reply_ok(outputs: Sequence[tuple[int, int, np.ndarray]], region: memoryview, start: int, end: int) -> bytes:
-    """The worker's success message, its outputs written to region[start:end]."""
-    parts = [REPLY.pack(OK, len(outputs))]
+def reply_ok(
+    outputs: Sequence[tuple[int, int, np.ndarray]], region: memoryview, start: int, end: int, run_ns: int = 0
+) -> bytes:
+    """The worker's success message, its outputs written to region[start:end]; `run_ns`: the model's run."""
+    parts = [REPLY.pack(OK, len(outputs)), RUN.pack(max(run_ns, 0))]
     write_tensors(region, start, end, outputs, parts)
     return b"".join(parts)
 
@@ -214,20 +217,24 @@ def read_request(
 
 def read_reply(
     message: bytes | memoryview, names: Sequence[str], region: memoryview, start: int, end: int
-) -> tuple[dict[str, np.ndarray], str, str]:
+) -> tuple[dict[str, np.ndarray], str, str, int]:
     """A worker's reply, every descriptor checked, its outputs copied out of region[start:end]:
-    (outputs, '', '') on success, ({}, error kind, message) on failure; WireError if malformed."""
+    (outputs, '', '', the run in ns the worker claims) on success, ({}, error kind, message, 0) on failure;
+    WireError if malformed. The claimed run is only a figure for statistics: callers bound it by what they saw."""
     if len(message) < REPLY.size:
         raise WireError("a reply is cut short")
     status, count = REPLY.unpack_from(message, 0)
     if status != OK:
         if status >= len(ERRORS) or REPLY.size + count != len(message):
             raise WireError("an error reply is malformed")
-        return {}, ERRORS[status], bytes(message[REPLY.size :]).decode("utf-8", "replace")
-    outputs, pos = _descriptors(message, REPLY.size, count, names, region, start, end, copy=True)
+        return {}, ERRORS[status], bytes(message[REPLY.size :]).decode("utf-8", "replace"), 0
+    if len(message) < REPLY.size + RUN.size:
+        raise WireError("a reply is cut short")
+    (run_ns,) = RUN.unpack_from(message, REPLY.size)
+    outputs, pos = _descriptors(message, REPLY.size + RUN.size, count, names, region, start, end, copy=True)
     if pos != len(message):
         raise WireError("a reply has trailing bytes")
-    return outputs, "", ""
+    return outputs, "", "", run_ns
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

@@ -152,13 +152,16 @@ def serve(
         try:
             inputs, requested, flags = wire.read_request(data, names, output_names, region, split)
             spin = spin_ns if flags & wire.SPIN else 0
+            began = clock()
             outputs = model.infer(inputs, requested)
+            run_ns = clock() - began
             try:
                 reply = wire.reply_ok(
                     [(codes[name], datatypes[codes[name]], value) for name, value in outputs.items()],
                     region,
                     split,
                     size,
+                    run_ns,
                 )
             except wire.WireError as exc:
                 raise TooLarge(f"the model's outputs do not fit the worker's region: {exc}") from None
