@@ -5,7 +5,7 @@ FUZZ_SECONDS ?= 600
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test test-slow lint protos bench fuzz clean
+.PHONY: all demo test test-slow test-inprocess lint protos bench fuzz clean
 
 all: test
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# the gateway's suites again with models in the gateway's process (`[backend] isolation = "none"`; the default
+# run has them in worker processes)
+test-inprocess: $(STAMP)
+	SEALGATE_TEST_ISOLATION=none $(BIN)/python -m pytest -q tests/server tests/security tests/serving
 
 # mypy: strict on gateway/ and fl/ ([tool.mypy] in pyproject.toml)
 lint: $(STAMP)

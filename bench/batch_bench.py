@@ -53,7 +53,7 @@ def _toml(base: str, grpc_port: int, rest_port: int, metrics_port: int, workers:
     text = re.sub(r'rest_address = "127.0.0.1:\d+"', f'rest_address = "127.0.0.1:{rest_port}"', text)
     text = text.replace('metrics_address = "127.0.0.1:0"', f'metrics_address = "127.0.0.1:{metrics_port}"')
     text = text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
-    text += f"\n[backend]\nintra_op_threads = {args.intra_op_threads}\n"
+    text += f'\n[backend]\nintra_op_threads = {args.intra_op_threads}\nisolation = "{args.isolation}"\n'
     if batched:
         text += (
             f'\n[batching]\nenabled = true\nmodels = ["mlp"]\nmax_batch_size = {args.max_batch_size}\n'
@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--intra-op-threads", type=int, default=1)
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--delay-us", type=int, default=2000)
+    ap.add_argument(
+        "--isolation", choices=("none", "process"), default="none", help="[backend] isolation of every server"
+    )
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-batch-bench-"))

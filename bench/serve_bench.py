@@ -146,7 +146,7 @@ def main() -> None:
     (work / "model.onnx").write_bytes(files["model.onnx"])
     harness.seal_model(env, "mlp", 1, files)
     with (work / "sealgate.toml").open("a") as fh:  # both servers get the same session options
-        fh.write(f"\n[backend]\nintra_op_threads = {args.intra_op_threads}\n")
+        fh.write(f'\n[backend]\nintra_op_threads = {args.intra_op_threads}\nisolation = "none"\n')  # in-process
     headers = {"authorization": "Bearer " + harness.token(env, "infer:mlp", ttl=3600)}
     py = sys.executable
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -185,7 +185,7 @@ def main() -> None:
             .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{iso_port}")
             .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{iso_rest}")
             .replace('path = "audit.log"', f'path = "isolated-{len(servers)}-audit.log"')
-            + 'isolation = "process"\n'  # [backend] is the file's last section
+            .replace('isolation = "none"\n', 'isolation = "process"\n')
             + ("" if spin is None else f"worker_spin_us = {spin}\n")
         )
         iso = subprocess.Popen(
@@ -212,7 +212,8 @@ def main() -> None:
             .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{old_port}")
             .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{old_rest}")
             .replace('path = "audit.log"', 'path = "baseline-audit.log"')
-            .replace('metrics_address = "127.0.0.1:0"\n', "")  # a key older trees do not know
+            .replace('metrics_address = "127.0.0.1:0"\n', "")  # keys older trees do not know
+            .replace('isolation = "none"\n', "")
         )
         old = subprocess.Popen(
             [py, "-m", "gateway.cli", "serve", "--config", str(old_toml)],

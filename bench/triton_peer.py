@@ -218,8 +218,7 @@ def gateway_toml(base: str, name: str, ports: tuple[int, int], defaults: tuple[i
     )
     features = VARIANTS[name][1].split()
     text += f"\n[backend]\nintra_op_threads = {args.intra_op_threads}\n"
-    if "isolation" in features:
-        text += 'isolation = "process"\n'
+    text += f'isolation = "{"process" if "isolation" in features else "none"}"\n'
     if "batching" in features:
         text += (
             f"\n[batching]\nenabled = true\nmax_batch_size = {args.max_batch_size}\n"

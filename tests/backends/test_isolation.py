@@ -340,7 +340,7 @@ def test_isolation_config_is_checked() -> None:
         Config().replaced(backend={"isolation": "thread"})
     with pytest.raises(ConfigError, match="worker_max_crashes"):
         Config().replaced(backend={"worker_max_crashes": 0})
-    assert Config().backend.isolation == "none"
+    assert Config().backend.isolation == "process"  # the default: models never share the gateway's process
     with pytest.raises(ConfigError):
         BackendConfig(isolation="fork")
     with pytest.raises(ConfigError, match="worker_spin_us"):

@@ -52,7 +52,10 @@ class Served:
         text = re.sub(r'grpc_address = "127.0.0.1:\d+"', f'grpc_address = "127.0.0.1:{self.grpc_port}"', text)
         text = re.sub(r'rest_address = "127.0.0.1:\d+"', f'rest_address = "127.0.0.1:{self.rest_port}"', text)
         text = text.replace("[server]\n", f"[server]\nworkers = {workers}\n", 1)
-        text += "\n[backend]\nintra_op_threads = 1\n"
+        if "\n[backend]\n" in text:  # the harness wrote one (SEALGATE_TEST_ISOLATION)
+            text = text.replace("\n[backend]\n", "\n[backend]\nintra_op_threads = 1\n", 1)
+        else:
+            text += "\n[backend]\nintra_op_threads = 1\n"
         toml.write_text(text)
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
