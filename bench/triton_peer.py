@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -104,19 +103,6 @@ def serve_triton(argv: list[str]) -> None:
             strict=True,
         )
         triton.serve()
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    """Wait until something accepts on 127.0.0.1:port, failing early if the server process exits."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"port {port} did not open")
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -298,6 +284,9 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from serve_bench import wait_port
+
     from gateway.server.ports import free_loopback_port
     from tests import harness
     from tests.models import make_onnx_mlp
@@ -362,7 +351,7 @@ def main() -> None:
         started = time.perf_counter()
         for name, (port, proc) in servers.items():
             try:
-                wait_port(port, proc)
+                wait_port(port, proc, timeout=120.0)
             except (RuntimeError, TimeoutError) as exc:
                 tail = (work / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"{name}: {exc}\n{tail}") from None
