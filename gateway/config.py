@@ -120,7 +120,7 @@ class BackendSection:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
-    isolation: str = "process"  # each model version in a sandboxed worker process (no keys, no files); "none": in-process
+    isolation: str = "process"  # each model version in a sandboxed worker (no keys, no files); "none": in-process
     worker_deadline_s: float = 30.0  # isolation: a call running longer kills its worker (UNAVAILABLE, restarted)
     worker_restart_backoff_s: float = 0.1  # isolation: wait before the 2nd restart within the window, doubling
     worker_max_crashes: int = 5  # isolation: this many crashes within worker_crash_window_s mark the model failed

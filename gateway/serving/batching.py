@@ -168,6 +168,9 @@ class BatchingModel:
         self._closed = False
         self._loops: dict[asyncio.AbstractEventLoop, _LoopBatcher] = {}  # the async path's queue per event loop
         self._draining = 0  # loops still running batches after close
+        linger = getattr(inner, "linger", None)  # an isolated model: its worker stays awake through the delay
+        if callable(linger):
+            linger(policy.max_queue_delay_us)
         self._thread = threading.Thread(target=self._loop, name=f"sealgate-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -368,7 +371,8 @@ class _LoopBatcher:
         self.running = 0
         self.limit = max(1, int(getattr(owner.inner, "parallel_calls", 1)))
         self.awaitable = getattr(owner.inner, "infer_async", None)  # an isolated model: no thread per batch
-        self.timer: asyncio.TimerHandle | None = None
+        self.loaded = getattr(owner.inner, "loaded", None)
+        self.timer: asyncio.TimerHandle | None = None  # armed while the head waits out its delay
         self.closing = False
 
     def submit(self, request: _Request) -> None:
@@ -381,17 +385,22 @@ class _LoopBatcher:
         if self.running < self.limit:
             self.pump()
 
+    def _expired(self) -> None:
+        self.timer = None
+        self.pump()
+
     def pump(self) -> None:
         """Dispatch batches while a run slot is free; if the head may still wait, wake up when its delay ends."""
-        self.timer = None
         while self.queue and self.running < self.limit:
             batch, self.queue = self.owner._pick(self.queue, self.closing)
-            if batch is None:
-                head = self.queue[0]
-                left_ns = self.owner._delay_ns - (time.perf_counter_ns() - head.queued_ns)
-                self.timer = self.loop.call_later(max(left_ns, 0) / 1e9, self.pump)
+            if batch is None:  # wake up when the head's delay ends
+                if self.timer is None:
+                    left_ns = self.queue[0].queued_ns + self.owner._delay_ns - time.perf_counter_ns()
+                    self.timer = self.loop.call_later(max(left_ns, 0) / 1e9, self._expired)
                 return
             live = [r for r in batch if not r.future.done()]  # callers that went away are dropped
+            if (len(live) > 1 or self.queue) and self.loaded is not None:
+                self.loaded()  # concurrent requests: an isolated model's worker must not spin between calls
             if live:
                 self.running += 1
                 self.loop.create_task(self.run(live))
@@ -439,8 +448,6 @@ class _LoopBatcher:
 
     def _close_now(self) -> None:
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
         self.pump()
 
 

@@ -411,6 +411,27 @@ def test_async_calls_share_the_slots_and_match_sync(mlp: IsolatedModel) -> None:
     assert mlp.infer(batches[3])["output"].tobytes() == want[3]
 
 
+def test_a_batchers_delay_keeps_a_lone_calls_worker_awake(mlp: IsolatedModel) -> None:
+    """A dynamic batcher in front asks the worker to poll through its queue delay (plus a round trip) between
+    lone calls; concurrent requests seen by the batcher switch the poll off, so it never takes a busy core."""
+    if not mlp._spin:
+        pytest.skip("one core: workers never spin")
+    worker = mlp._worker
+    assert worker is not None
+    try:
+        mlp.linger(500)
+        mlp._contended = 0.0
+        flags = mlp._flags(worker)
+        assert flags & wire.SPIN and (flags >> 1) * wire.LINGER_UNIT_NS == 1_500_000
+        mlp.loaded()
+        assert mlp._flags(worker) == 0
+        mlp.linger(0)
+        mlp._contended = 0.0
+        assert mlp._flags(worker) == wire.SPIN
+    finally:
+        mlp.linger(0)
+
+
 def test_an_async_call_reports_the_models_own_run(mlp: IsolatedModel) -> None:
     """The run the data plane records (statistics, canary judgment) is the model's, timed in the worker: less
     than the round trip seen here, and placed at its end (the hand-over counts as queueing)."""

@@ -4,7 +4,8 @@ small fixed-layout binary message per call and direction over a SOCK_SEQPACKET s
 A call message is a header and one descriptor per tensor (struct, little-endian, no names: a tensor is named
 by its index in the model's input or output list, agreed at load):
 
-    request  = <HHBx inputs, requested outputs (0: all), flags>  descriptor * inputs  <H index> * requested
+    request  = <HHBx inputs, requested outputs (0: all), flags (SPIN | linger << 1)>  descriptor * inputs
+               <H index> * requested
     reply    = <BxH status 0, outputs> <Q the model's run in ns, as the worker timed it>  descriptor * outputs
              | <BxH status (error kind), message length>  UTF-8 message
     descriptor = <HBBQQ index, datatype code, rank, offset, nbytes>  <q dimension> * rank
@@ -36,6 +37,8 @@ MAX_ERROR_TEXT = 300
 _LEN = struct.Struct("<I")
 HEAD = struct.Struct("<HHBx")
 SPIN = 1  # request flag: the gateway is lightly loaded, so the worker may poll for the next call (its spin)
+LINGER_UNIT_NS = 100_000  # flags >> 1: how much longer that poll may last, in 100 µs (a batcher's queue delay)
+MAX_LINGER = 127
 REPLY = struct.Struct("<BxH")
 RUN = struct.Struct("<Q")  # after a success reply's header: the model's own run (ns), for statistics and canaries
 INDEX = struct.Struct("<H")

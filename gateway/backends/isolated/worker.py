@@ -151,7 +151,7 @@ def serve(
         spin = 0
         try:
             inputs, requested, flags = wire.read_request(data, names, output_names, region, split)
-            spin = spin_ns if flags & wire.SPIN else 0
+            spin = spin_ns + (flags >> 1) * wire.LINGER_UNIT_NS if spin_ns and flags & wire.SPIN else 0
             began = clock()
             outputs = model.infer(inputs, requested)
             run_ns = clock() - began
