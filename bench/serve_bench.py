@@ -57,18 +57,30 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
     raise TimeoutError(f"port {port} did not open")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live children (isolated model workers), all threads
-    (Linux /proc; NaN elsewhere)."""
-    total = 0.0
+def cpu_seconds(root: int) -> float:
+    """User + system CPU time of a process and all its live descendants, all threads (Linux /proc; NaN elsewhere):
+    a gateway and its isolated model workers, or Triton's tree (PyTriton -> tritonserver -> Python backend stub)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total if Path(f"/proc/{pid}").exists() else float("nan")
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    if root not in cpu:
+        return float("nan")
+    total = 0.0
+    for pid, seconds in cpu.items():
+        p = pid
+        while p > 1 and p != root:
+            p = parent.get(p, 0)
+        if p == root:
+            total += seconds
+    return total
 
 
 async def load(

@@ -105,72 +105,6 @@ def serve_triton(argv: list[str]) -> None:
         triton.serve()
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU time of a process and all its live descendants, all threads (Linux /proc; NaN elsewhere).
-
-    Triton's tree is three deep (PyTriton -> tritonserver -> Python backend stub); sealgate's isolated workers one.
-    """
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    if root not in cpu:
-        return float("nan")
-    total = 0.0
-    for pid, seconds in cpu.items():
-        p = pid
-        while p > 1 and p != root:
-            p = parent.get(p, 0)
-        if p == root:
-            total += seconds
-    return total
-
-
-async def load(port: int, certs: Path, headers: dict[str, str], concurrency: int, seconds: float, pid: int) -> Any:
-    """Closed-loop batch-1 load from `concurrency` coroutines on one tritonclient.grpc.aio client (as serve_bench)."""
-    import tritonclient.grpc.aio as aioclient
-
-    client = aioclient.InferenceServerClient(
-        f"127.0.0.1:{port}",
-        ssl=True,
-        root_certificates=str(certs / "ca.pem"),
-        private_key=str(certs / "client.key"),
-        certificate_chain=str(certs / "client.pem"),
-    )
-    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
-    inp = aioclient.InferInput("input", [1, 64], "FP32")
-    inp.set_data_from_numpy(x)
-    for _ in range(50):
-        await client.infer(MODEL, [inp], headers=headers)
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        while time.perf_counter() < stop:
-            t0 = time.perf_counter()
-            await client.infer(MODEL, [inp], headers=headers)
-            latencies.append(time.perf_counter() - t0)
-
-    cpu0, t0 = tree_cpu_seconds(pid), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - t0, tree_cpu_seconds(pid) - cpu0
-    await client.close()
-    lat = np.array(latencies)
-    return {
-        "rps": len(lat) / elapsed,
-        "cpu_us": cpu / len(lat) * 1e6,
-        "p50_ms": float(np.percentile(lat, 50) * 1e3),
-        "p99_ms": float(np.percentile(lat, 99) * 1e3),
-    }
-
-
 async def check_same_outputs(ports: dict[str, int], certs: Path, headers: dict[str, str]) -> float:
     """Send the same 8 rows to every server; the largest absolute difference from the first server's outputs."""
     import tritonclient.grpc.aio as aioclient
@@ -285,7 +219,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
-    from serve_bench import wait_port
+    from serve_bench import load, wait_port
 
     from gateway.server.ports import free_loopback_port
     from tests import harness
@@ -374,7 +308,7 @@ def main() -> None:
             runs: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
             for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits every server alike
                 for key, (port, proc) in servers.items():
-                    runs[key].append(asyncio.run(load(port, env.certs, headers, c, args.seconds, proc.pid)))
+                    runs[key].append(asyncio.run(load(port, env, headers, c, args.seconds, proc.pid)))
             results[str(c)] = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
             every_run[str(c)] = runs
         for name, (_, proc) in servers.items():
