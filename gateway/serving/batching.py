@@ -374,6 +374,7 @@ class _LoopBatcher:
         self.loaded = getattr(owner.inner, "loaded", None)
         self.timer: asyncio.TimerHandle | None = None  # armed while the head waits out its delay
         self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()  # running batches (the loop keeps only weak references)
 
     def submit(self, request: _Request) -> None:
         """Queue one request (Overloaded past the bound) and dispatch what can run now."""
@@ -403,7 +404,9 @@ class _LoopBatcher:
                 self.loaded()  # concurrent requests: an isolated model's worker must not spin between calls
             if live:
                 self.running += 1
-                self.loop.create_task(self.run(live))
+                task = self.loop.create_task(self.run(live))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         if self.closing and not self.queue and not self.running:
             self.closing = False
             self.owner._drained()
