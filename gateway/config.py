@@ -58,6 +58,7 @@ class ServerConfig:
     rest_max_target_bytes: int = 2048  # request target (414 beyond)
     max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
     workers: int = 1  # front-end processes sharing the ports (SO_REUSEPORT), run by a supervisor when > 1
+    event_loop: str = "auto"  # "auto": uvloop when installed, else asyncio's; "uvloop" (required); "asyncio"
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,8 @@ class Config:
             raise ConfigError("[server] max_concurrent_per_peer must be >= 0 (0: no limit)")
         if not 1 <= self.server.workers <= 64:
             raise ConfigError("[server] workers must be between 1 and 64")
+        if self.server.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError("[server] event_loop must be 'auto', 'uvloop' or 'asyncio'")
         be = self.backend
         if be.isolation not in ("none", "process"):
             raise ConfigError("[backend] isolation must be 'none' or 'process'")

@@ -46,7 +46,7 @@ from gateway.protos.tensorflow_serving.apis import (
     prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
-from gateway.server import logs
+from gateway.server import logs, loops
 from gateway.server.dataplane import DataPlane
 from gateway.server.explain import ExplainService
 from gateway.server.guard import Guard, PeerCache
@@ -260,8 +260,13 @@ class GatewayThread:
 
     def __init__(self, config: Config) -> None:
         self.gateway = Gateway(config)
-        self._loop = asyncio.new_event_loop()
+        self._loop = loops.loop_factory(config.server.event_loop)()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sealgate-gateway", daemon=True)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the gateway runs on ([server] event_loop)."""
+        return self._loop
 
     def __enter__(self) -> Gateway:
         self._thread.start()
@@ -295,6 +300,7 @@ def serve(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
+        log.info("event loop: %s", loops.loop_name(loop))
         logs.announce(
             config.log,
             f"sealgate serving {config.repository.path}: gRPC {config.server.grpc_address} (port {gateway.grpc_port}), "
@@ -306,5 +312,5 @@ def serve(config: Config) -> int:
         await gateway.stop()
         log.info("stopped")
 
-    asyncio.run(main())
+    loops.run(main(), config.server.event_loop)
     return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -74,6 +75,7 @@ _BARE_CR = re.compile(rb"\r(?!\n)")
 _HEAD_END = re.compile(rb"\n\r?\n")  # the empty line; CRLF-only is checked once the head is whole
 INLINE_BODY_BYTES = 64 << 10
 READ_CHUNK = 64 << 10
+LISTEN_BACKLOG = 100  # asyncio.start_server's default
 LINGER_S = 1.0
 LINGER_BYTES = 8 << 20
 _REASONS = {
@@ -708,17 +710,23 @@ class RestServer:
         self.guard = guard
         self.limits = limits
         self.ssl_context = ssl_context
-        self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_peer: dict[str, int] = {}
         self.reuse_port = False  # SO_REUSEPORT: several front-end workers share the port
 
     async def start(self) -> None:
         """Bind and start accepting (OSError if the address is taken)."""
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, limit=READ_CHUNK, reuse_port=self.reuse_port or None
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        family, _, _, _, addr = (
+            await loop.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        )[0]
+        sock = socket.create_server(addr, family=family, backlog=LISTEN_BACKLOG, reuse_port=self.reuse_port)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._acceptor = loop.create_task(self._accept_loop(sock))
 
     @property
     def connections(self) -> int:
@@ -727,12 +735,32 @@ class RestServer:
 
     async def stop(self) -> None:
         """Stop accepting, then end every open connection."""
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+        if self._sock is not None:
+            self._sock.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept TCP connections: beyond `max_connections` close at once, else one task per connection."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors, a connection reset while queued: go on accepting
+                log.warning("REST accept failed: %s", exc)
+                await asyncio.sleep(0.05)
+                continue
+            if len(self._tasks) >= self.limits.max_connections:  # closed at once, before TLS
+                self._refuse(
+                    "connection", ANONYMOUS, Overloaded(f"more than {self.limits.max_connections} connections")
+                )
+                conn.close()
+                continue
+            self._tasks.add(loop.create_task(self._accept(conn)))
 
     def _refuse(self, method: str, peer: PeerIdentity, exc: SealgateError) -> None:
         """Audit and count a connection refused before any request (its record, then nothing else)."""
@@ -742,26 +770,35 @@ class RestServer:
         except SealgateError:
             pass
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One TCP connection: the caps, the handshake, the per-peer cap, then requests."""
-        task = asyncio.current_task()
-        if len(self._tasks) >= self.limits.max_connections:
-            self._refuse("connection", ANONYMOUS, Overloaded(f"more than {self.limits.max_connections} connections"))
-            writer.transport.abort()
-            return
-        assert task is not None
-        self._tasks.add(task)
-        counted: str | None = None
+    async def _open(self, conn: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter | None]:
+        """Streams over an accepted socket, TLS from its first byte (a bounded handshake); no writer if it failed.
+
+        The loop wraps the socket before reading anything: a TLS upgrade of an already-reading stream
+        (StreamWriter.start_tls) loses the bytes read before it under uvloop (MagicStack/uvloop#707)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        timeout = self.limits.handshake_timeout_s if self.ssl_context is not None else None
         try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=self.ssl_context, ssl_handshake_timeout=timeout
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            if self.ssl_context is not None:
+                self._refuse("tls-handshake", ANONYMOUS, Unauthenticated(f"TLS handshake failed: {clip(exc)}", "tls"))
+            return reader, None
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _accept(self, conn: socket.socket) -> None:
+        """One accepted TCP connection (counted in `_tasks`): the handshake, the per-peer cap, then requests."""
+        counted: str | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await self._open(conn)
+            if writer is None:
+                return
             peer = ANONYMOUS
             if self.ssl_context is not None:
-                try:
-                    await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.limits.handshake_timeout_s)
-                except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-                    self._refuse(
-                        "tls-handshake", ANONYMOUS, Unauthenticated(f"TLS handshake failed: {clip(exc)}", "tls")
-                    )
-                    return
                 ssl_object = writer.get_extra_info("ssl_object")
                 der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
                 peer = peer_from_cert(der) if der else ANONYMOUS
@@ -779,14 +816,17 @@ class RestServer:
         except Exception:  # nothing a client sends may end the listener; this is logged, never shown
             log.exception("REST connection ended with an unexpected error")
         finally:
-            self._tasks.discard(task)
+            self._tasks.discard(asyncio.current_task())
             if counted is not None:
                 left = self._per_peer.get(counted, 1) - 1
                 if left > 0:
                     self._per_peer[counted] = left
                 else:
                     self._per_peer.pop(counted, None)
-            _close(writer)
+            if writer is not None:
+                _close(writer)
+            else:
+                conn.close()
 
 
 def _refusal_bytes(status: int, message: str) -> bytes:

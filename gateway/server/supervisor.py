@@ -227,7 +227,7 @@ def worker_main(index: int, ready_fd: int) -> int:
     import asyncio
 
     from gateway.fsutil import enter_private_cwd
-    from gateway.server import logs
+    from gateway.server import logs, loops
     from gateway.server.app import Gateway
 
     _die_with_parent()
@@ -250,7 +250,7 @@ def worker_main(index: int, ready_fd: int) -> int:
         await stop.wait()
         await gateway.stop()
 
-    asyncio.run(main())
+    loops.run(main(), config.server.event_loop)
     return 0
 
 
