@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -25,7 +25,7 @@ from gateway.errors import InvalidInput, NotFound, RollbackRefused, SealgateErro
 from gateway.monitor.live import DriftMonitor
 from gateway.server import strict_json
 from gateway.server.phase_metrics import PhaseHistograms
-from gateway.serving.batching import BatchingModel
+from gateway.serving.batching import BatchingModel, BatchPolicy
 from gateway.serving.manager import ModelManager
 from gateway.serving.status import ModelState, ModelStatus, ServedModel
 
@@ -52,8 +52,9 @@ class ModelMetadata:
 class ModelConfig:
     """A model version's configuration as Triton reports it (ModelConfig over gRPC, `/config` over REST).
 
-    sealgate batches nothing itself: `max_batch_size` is 0 and each tensor's dims are its full shape (-1
-    for a variable dimension), which is how Triton describes a model without a batching dimension.
+    A model the gateway batches ([batching]) reports Triton's way: `max_batch_size` and `batching` are its
+    policy's, and each tensor's dims leave out the batch dimension. Any other model: `max_batch_size` 0,
+    `batching` None, dims the full shape (-1 for a variable dimension), as Triton says of a non-batching model.
     """
 
     name: str
@@ -63,6 +64,7 @@ class ModelConfig:
     max_batch_size: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    batching: BatchPolicy | None = None  # the dynamic batcher's knobs, for a batched model only
 
 
 STABLE = "stable"
@@ -245,7 +247,12 @@ class DataPlane:
     def config(self, name: str, version: int | None = None) -> ModelConfig:
         """The Triton-style configuration of a served model version (see ModelConfig)."""
         meta = self.metadata(name, version)
-        return ModelConfig(meta.name, meta.version, meta.versions, meta.platform, 0, meta.inputs, meta.outputs)
+        model = self.manager.get(meta.name, meta.version).model
+        if not isinstance(model, BatchingModel):
+            return ModelConfig(meta.name, meta.version, meta.versions, meta.platform, 0, meta.inputs, meta.outputs)
+        inputs, outputs = (tuple(replace(t, shape=t.shape[1:]) for t in specs) for specs in (meta.inputs, meta.outputs))
+        size = model.policy.max_batch_size  # batched models have a leading -1 everywhere (batching.batchable)
+        return ModelConfig(meta.name, meta.version, meta.versions, meta.platform, size, inputs, outputs, model.policy)
 
     def label_version(self, name: str, label: str) -> int:
         """The version a TF Serving version label names: `stable` is the default serving version, `canary`

@@ -54,8 +54,8 @@ def _data_type(datatype: str) -> str:
 
 
 def _model_config(config: Configuration) -> mc.ModelConfig:
-    """The ModelConfig message of a served version's configuration."""
-    return mc.ModelConfig(
+    """The ModelConfig message of a served version's configuration (dynamic_batching for a batched model)."""
+    message = mc.ModelConfig(
         name=config.name,
         platform=config.platform,
         version_policy=mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=config.versions)),
@@ -63,6 +63,11 @@ def _model_config(config: Configuration) -> mc.ModelConfig:
         input=[mc.ModelInput(name=t.name, data_type=_data_type(t.datatype), dims=t.shape) for t in config.inputs],
         output=[mc.ModelOutput(name=t.name, data_type=_data_type(t.datatype), dims=t.shape) for t in config.outputs],
     )
+    if (policy := config.batching) is not None:
+        message.dynamic_batching.preferred_batch_size.extend(policy.preferred_batch_sizes)
+        message.dynamic_batching.max_queue_delay_microseconds = policy.max_queue_delay_us
+        message.dynamic_batching.default_queue_policy.max_queue_size = policy.max_queue_size
+    return message
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:
@@ -216,7 +221,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     # --- Triton's extensions --------------------------------------------------------------------
     @guarded("infer", model="name")
     async def ModelConfig(self, request: pb.ModelConfigRequest, call: Call) -> pb.ModelConfigResponse:
-        """A model version's configuration: platform, batching (none), tensors with their dims."""
+        """A model version's configuration: platform, batching ([batching]'s policy, if any), tensors' dims."""
         config = self.dataplane.config(request.name, parse_version(request.version, "version"))
         call.version = str(config.version)
         return pb.ModelConfigResponse(config=_model_config(config))

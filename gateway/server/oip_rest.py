@@ -235,17 +235,22 @@ def _config_tensor(spec: TensorSpec) -> dict[str, Any]:
 
 
 def config_doc(config: ModelConfig) -> bytes:
-    """GET …/config: the model configuration as Triton writes it in JSON."""
-    return strict_json.dumps(
-        {
-            "name": config.name,
-            "platform": config.platform,
-            "version_policy": {"specific": {"versions": [str(v) for v in config.versions]}},
-            "max_batch_size": config.max_batch_size,
-            "input": [_config_tensor(t) for t in config.inputs],
-            "output": [_config_tensor(t) for t in config.outputs],
+    """GET …/config: the model configuration as Triton writes it in JSON (dynamic_batching for a batched model)."""
+    doc: dict[str, Any] = {
+        "name": config.name,
+        "platform": config.platform,
+        "version_policy": {"specific": {"versions": [str(v) for v in config.versions]}},
+        "max_batch_size": config.max_batch_size,
+        "input": [_config_tensor(t) for t in config.inputs],
+        "output": [_config_tensor(t) for t in config.outputs],
+    }
+    if (policy := config.batching) is not None:
+        doc["dynamic_batching"] = {
+            "preferred_batch_size": list(policy.preferred_batch_sizes),
+            "max_queue_delay_microseconds": policy.max_queue_delay_us,
+            "default_queue_policy": {"max_queue_size": policy.max_queue_size},
         }
-    )
+    return strict_json.dumps(doc)
 
 
 def _duration(count: int, ns: int) -> dict[str, int]:
