@@ -696,8 +696,15 @@ def health(
 def monitor(
     model: Annotated[str, typer.Argument(help="Model name.")],
     metrics_url: Annotated[
-        str, typer.Option(help="The gateway's metrics listener ([server] metrics_address).")
-    ] = "http://127.0.0.1:8502/metrics",
+        list[str] | None,
+        typer.Option(
+            help="The gateway's metrics listener ([server] metrics_address; default http://127.0.0.1:8502/metrics); "
+            "repeat it for each front-end worker."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Front-end workers ([server] workers): read metrics port + 0 .. N-1 and merge.")
+    ] = 1,
     top: Annotated[int, typer.Option(help="Features shown per version, highest PSI first.")] = 10,
     threshold: Annotated[
         float | None, typer.Option(help="PSI above which inputs drifted (default: the gateway's psi_threshold).")
@@ -707,7 +714,8 @@ def monitor(
     """Drift of a model's live inputs against its release reference: PSI per feature, max PSI, DRIFT/OK."""
     from gateway.monitor.report import show
 
-    show(metrics_url, model, top=top, threshold=threshold, as_json=as_json, console=out)
+    urls = metrics_url or ["http://127.0.0.1:8502/metrics"]
+    show(urls, model, top=top, threshold=threshold, as_json=as_json, console=out, workers=workers)
 
 
 # --- release path ----------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ the traffic, and PSI follows recent inputs. Scrapes read the figures through a p
 Metric labels come only from the served model's own reference (input names checked against the model's
 inputs, feature indices below the reference's width) and its name and version: never from a client, and
 at most `reference.MAX_FEATURES` series per monitored version.
+
+With several front-end workers (`[server] workers > 1`) each worker sees only the calls the kernel spread to
+it, so its PSI is a share's. Such a monitor (`counts=True`) also exports the counts PSI is computed from, per
+reference bin (live windows and reference, bin labels below the reference's `MAX_BINS + 3`), and `sealgate
+monitor` sums the workers' live counts before computing PSI (gateway/monitor/report.py).
 """
 
 from __future__ import annotations
@@ -132,6 +137,10 @@ class VersionDrift:
 
     def figures(self) -> Figures:
         """PSI per feature over both windows, and the rows they hold."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[Figures, list[np.ndarray]]:
+        """The figures and, per input, the live counts of both windows they come from, taken at one moment."""
         with self._lock:
             live = [s.current + s.previous for s in self.inputs]
             samples, mismatched = self.rows_current + self.rows_previous, self.mismatched
@@ -139,7 +148,7 @@ class VersionDrift:
             [ref.psi(s.reference.counts, counts) for s, counts in zip(self.inputs, live, strict=True)]
         )
         names = tuple(name for s in self.inputs for name in s.reference.feature_names())
-        return Figures(self.model, self.version, samples, mismatched, names, values)
+        return Figures(self.model, self.version, samples, mismatched, names, values), live
 
     def nbytes(self) -> int:
         """Bytes held in arrays by this state (reference and both windows): fixed at creation."""
@@ -153,9 +162,13 @@ class VersionDrift:
 class DriftMonitor:
     """Drift state of every monitored version; a prometheus_client collector of its figures."""
 
-    def __init__(self, config: MonitorConfig, serving: Callable[[str, int], bool] | None = None) -> None:
-        """Monitor with `config`; `serving(model, version)` (optional) says, at each scrape, what still serves."""
+    def __init__(
+        self, config: MonitorConfig, serving: Callable[[str, int], bool] | None = None, *, counts: bool = False
+    ) -> None:
+        """Monitor with `config`; `serving(model, version)` (optional) says, at each scrape, what still serves;
+        `counts`: also export the per-bin counts, for `sealgate monitor` to merge front-end workers."""
         self.config = config
+        self.counts = counts
         self._serving = serving
         self._states: dict[Key, VersionDrift | None] = {}
         self._lock = threading.Lock()
@@ -198,13 +211,17 @@ class DriftMonitor:
 
     def figures(self) -> list[Figures]:
         """Figures of every monitored version still serving, by model and version."""
+        return [fig for _, fig, _ in self._snapshots()]
+
+    def _snapshots(self) -> list[tuple[VersionDrift, Figures, list[np.ndarray]]]:
+        """Each monitored version still serving, with its figures and live counts (VersionDrift.snapshot)."""
         if self._serving is not None:
             with self._lock:
                 for key in [k for k in self._states if not self._serving(*k)]:
                     del self._states[key]
         with self._lock:
             states = [s for _, s in sorted(self._states.items(), key=lambda kv: kv[0]) if s is not None]
-        return [s.figures() for s in states]
+        return [(s, *s.snapshot()) for s in states]
 
     def collect(self) -> Iterator[Metric]:
         """The drift gauges (called by the registry at each scrape)."""
@@ -225,7 +242,8 @@ class DriftMonitor:
         worst = GaugeMetricFamily(
             "sealgate_drift_psi_max", "Largest per-feature PSI of a model version.", labels=("model", "version")
         )
-        for fig in self.figures():
+        snapshots = self._snapshots()
+        for _, fig, _ in snapshots:
             labels = [fig.model, str(fig.version)]
             samples.add_metric(labels, fig.samples)
             mismatched.add_metric(labels, fig.mismatched)
@@ -246,16 +264,49 @@ class DriftMonitor:
         yield GaugeMetricFamily(
             "sealgate_drift_min_samples", "Sampled rows a version needs before its PSI is exported.", cfg.min_samples
         )
+        if self.counts:
+            yield from _count_families(snapshots)
 
 
-def drift_monitor(config: MonitorConfig, manager: Any, registry: CollectorRegistry) -> DriftMonitor | None:
-    """The gateway's monitor, its gauges registered on `registry`, tracking what `manager` serves; None if off."""
+def _count_families(snapshots: list[tuple[VersionDrift, Figures, list[np.ndarray]]]) -> Iterator[Metric]:
+    """Per reference bin of each feature: the live windows' count and the reference's (every version's
+    real bins, whatever the samples, so that workers below min_samples still add up)."""
+    labels = ("model", "version", "feature", "bin")
+    live_family = GaugeMetricFamily(
+        "sealgate_drift_live_count", "Sampled values per reference bin in the drift windows.", labels=labels
+    )
+    ref_family = GaugeMetricFamily(
+        "sealgate_drift_reference_count", "The release reference's values per bin.", labels=labels
+    )
+    for state, fig, live in snapshots:
+        version = str(fig.version)
+        for input_state, counts in zip(state.inputs, live, strict=True):
+            reference = input_state.reference
+            for j, feature in enumerate(reference.feature_names()):
+                bins = int(reference.nedges[j]) + 1
+                for b, (seen, expected) in enumerate(
+                    zip(counts[j, :bins].tolist(), reference.counts[j, :bins].tolist(), strict=True)
+                ):
+                    key = [fig.model, version, feature, str(b)]
+                    live_family.add_metric(key, seen)
+                    ref_family.add_metric(key, expected)
+    yield live_family
+    yield ref_family
+
+
+def drift_monitor(
+    config: MonitorConfig, manager: Any, registry: CollectorRegistry, *, workers: int = 1
+) -> DriftMonitor | None:
+    """The gateway's monitor, its gauges registered on `registry`, tracking what `manager` serves; None if off.
+
+    With `workers` > 1 front-end processes it exports the per-bin counts too, for `sealgate monitor` to merge.
+    """
     if not config.enabled:
         return None
 
     def serving(model: str, version: int) -> bool:
         return version in manager.versions(model)
 
-    monitor = DriftMonitor(config, serving)
+    monitor = DriftMonitor(config, serving, counts=workers > 1)
     registry.register(monitor)
     return monitor

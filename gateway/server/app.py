@@ -134,7 +134,9 @@ class Gateway:
         if self.tracing is not None:
             self.dataplane.tracing = self.tracing
             self.manager.trace_steps(self.tracing.step)
-        self.dataplane.monitor = drift_monitor(config.monitor, self.manager, self.metrics.registry)
+        self.dataplane.monitor = drift_monitor(
+            config.monitor, self.manager, self.metrics.registry, workers=config.server.workers
+        )
         self.explainer = Explainer(config.explain)  # gRPC Explain and REST :explain share it (one rate limit)
         # every gRPC service the server registers, by full name: reflection lists exactly these
         self.services: dict[str, object] = {}
