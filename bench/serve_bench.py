@@ -6,7 +6,8 @@ for each server, its process's CPU time per request (all threads, from /proc), a
 server runs in its own process; the load generator in this one.
 
     python bench/serve_bench.py [--seconds 5] [--concurrency 1 16 64] [--repeats 3] [--intra-op-threads 0]
-                                [--baseline-ref GIT_REF] [--isolated [--spin-us US ...]]
+                                [--baseline-ref GIT_REF [--baseline-loop asyncio|uvloop]]
+                                [--event-loop auto|uvloop|asyncio] [--isolated [--spin-us US ...]]
 
 With `--isolated`, another server runs in the same run: the gateway with `[backend] isolation = "process"`
 (the model in a sandboxed worker process), and an "isolated / in-process" table gives the cost of isolation
@@ -15,7 +16,9 @@ With `--isolated`, another server runs in the same run: the gateway with `[backe
 
 With `--baseline-ref`, a third server runs in the same run: the gateway as it was at that commit (checked out
 into a temporary git worktree), so a change's cost is a ratio measured on the same machine at the same time
-("after / before" columns).
+("after / before" columns). It runs on asyncio's loop, as it shipped; `--baseline-loop uvloop` runs it on
+uvloop (installed as the loop policy before its CLI starts), and `--event-loop asyncio` runs this tree's
+gateways on asyncio's loop: the same-loop ratios separate what a change costs from what the loop gives back.
 
 Both servers get the same ONNX Runtime session options. With ORT's default (a spinning intra-op pool) that
 pool takes a core of its own; with `--intra-op-threads 1` both servers run about twice as fast on 2 cores and
@@ -139,6 +142,19 @@ def main() -> None:
         help="also run the gateway of this git commit (a temporary worktree) and report after/before ratios",
     )
     ap.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="[server] event_loop of this tree's gateways (auto: uvloop when installed, as `sealgate serve` does)",
+    )
+    ap.add_argument(
+        "--baseline-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the loop the --baseline-ref gateway runs on (asyncio: as it shipped; uvloop: installed as the "
+        "policy before its CLI starts, to compare the two trees on the same loop)",
+    )
+    ap.add_argument(
         "--isolated",
         action="store_true",
         help='also run the gateway with [backend] isolation = "process" and report isolated/in-process ratios',
@@ -159,6 +175,8 @@ def main() -> None:
     harness.seal_model(env, "mlp", 1, files)
     with (work / "sealgate.toml").open("a") as fh:  # both servers get the same session options
         fh.write(f'\n[backend]\nintra_op_threads = {args.intra_op_threads}\nisolation = "none"\n')  # in-process
+    toml = (work / "sealgate.toml").read_text()
+    (work / "sealgate.toml").write_text(toml.replace("[server]\n", f'[server]\nevent_loop = "{args.event_loop}"\n', 1))
     headers = {"authorization": "Bearer " + harness.token(env, "infer:mlp", ttl=3600)}
     py = sys.executable
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -226,9 +244,12 @@ def main() -> None:
             .replace('path = "audit.log"', 'path = "baseline-audit.log"')
             .replace('metrics_address = "127.0.0.1:0"\n', "")  # keys older trees do not know
             .replace('isolation = "none"\n', "")
+            .replace(f'event_loop = "{args.event_loop}"\n', "")
         )
+        uv = "import runpy, uvloop; uvloop.install(); runpy.run_module('gateway.cli', run_name='__main__')"
+        cli = ["-c", uv] if args.baseline_loop == "uvloop" else ["-m", "gateway.cli"]
         old = subprocess.Popen(
-            [py, "-m", "gateway.cli", "serve", "--config", str(old_toml)],
+            [py, *cli, "serve", "--config", str(old_toml)],
             cwd=work,
             env={**os.environ, "PYTHONPATH": str(baseline_tree)},
             stdout=subprocess.DEVNULL,
@@ -280,7 +301,10 @@ def main() -> None:
             print(f"{head} {'rps isolated/in-p':>18} {'p50 isolated/in-p':>18}")
             print("\n".join(isolated))
         if befores:
-            print(f"\nthis tree against the gateway at {args.baseline_ref} (same run, interleaved):")
+            print(
+                f"\nthis tree ({args.event_loop} loop) against the gateway at {args.baseline_ref} "
+                f"({args.baseline_loop} loop; same run, interleaved):"
+            )
             head = f"{'conc':>4} | {'before rps':>11} {'p50 ms':>7} {'cpu/req':>8} |"
             print(f"{head} {'rps after/before':>16} {'p50 after/before':>16}")
             print("\n".join(befores))
