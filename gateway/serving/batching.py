@@ -259,8 +259,11 @@ class BatchingModel:
         batch, self._queue = self._pick(self._queue, self._closed)
         return batch
 
-    def _pick(self, queue: list[_Request], closing: bool) -> tuple[list[_Request] | None, list[_Request]]:
-        """The next batch from `queue` by the policy (None if its head may still wait) and what stays queued."""
+    def _pick(
+        self, queue: list[_Request], closing: bool, due: bool = False
+    ) -> tuple[list[_Request] | None, list[_Request]]:
+        """The next batch from `queue` by the policy (None if its head may still wait) and what stays queued;
+        `due`: the head's delay is over (a loop timer said so), whatever this clock reads."""
         head = queue[0]
         if head.key is None:
             return [head], queue[1:]
@@ -285,7 +288,7 @@ class BatchingModel:
         if not full and not closing:
             if preferred_at:
                 picked = picked[:preferred_at]
-            elif time.perf_counter_ns() - head.queued_ns < self._delay_ns:
+            elif not due and time.perf_counter_ns() - head.queued_ns < self._delay_ns:
                 return None, queue
         if len(picked) == len(queue):
             return queue, []
@@ -387,13 +390,17 @@ class _LoopBatcher:
             self.pump()
 
     def _expired(self) -> None:
+        """The head's delay is over by the loop's timer: its batch goes now. A loop's timers may be coarser
+        than the delay (uvloop's are whole milliseconds, rounded: 0.5 ms fires on the next iteration); checking
+        the clock again here would re-arm a zero timer and spin the loop until the delay had passed."""
         self.timer = None
-        self.pump()
+        self.pump(due=True)
 
-    def pump(self) -> None:
+    def pump(self, due: bool = False) -> None:
         """Dispatch batches while a run slot is free; if the head may still wait, wake up when its delay ends."""
         while self.queue and self.running < self.limit:
-            batch, self.queue = self.owner._pick(self.queue, self.closing)
+            batch, self.queue = self.owner._pick(self.queue, self.closing, due)
+            due = False
             if batch is None:  # wake up when the head's delay ends
                 if self.timer is None:
                     left_ns = self.queue[0].queued_ns + self.owner._delay_ns - time.perf_counter_ns()

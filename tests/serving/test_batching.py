@@ -340,3 +340,37 @@ def test_the_awaited_queue_is_bounded_and_a_failure_fails_its_batch_only(mlp: Lo
     assert all(isinstance(r, InvalidInput) for r in results)  # index 99 fails the batch it ran in
     assert results[0] is not results[1]
     assert after[0]["value"].tolist() == [3.0]  # the next batch is unaffected
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_lone_awaited_request_waits_out_its_delay_without_spinning_the_loop(mlp: LoadedModel, loop: str) -> None:
+    """uvloop's timers are whole milliseconds (0.5 ms rounds to 0): a batcher that re-checked its clock when the
+    timer fired re-armed a zero timer and spun the loop, one `_pick` per iteration, until the delay had passed."""
+    from gateway.server.loops import loop_factory
+
+    inner = _Counted(mlp)
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=8, max_queue_delay_us=400))
+    picks = 0
+    pick = batcher._pick
+
+    def counted(*args: Any) -> Any:
+        nonlocal picks
+        picks += 1
+        return pick(*args)
+
+    batcher._pick = counted  # type: ignore[method-assign]
+
+    async def run() -> float:
+        began = time.perf_counter()
+        for i in range(20):  # one at a time: each waits out (at most) its delay alone
+            await batcher.infer_async({"input": _rows(1, i)})
+        return time.perf_counter() - began
+
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            elapsed = runner.run(run())
+    finally:
+        batcher.close()
+    assert inner.calls == [1] * 20
+    assert picks <= 20 * 3, f"{picks} picks for 20 lone requests: the loop spun while a head waited"
+    assert elapsed < 20 * (0.002 + 0.0004) + 1.0  # never waits longer than the delay (plus the run)
