@@ -49,6 +49,9 @@ REASONS = frozenset(
 # Asymmetric only: HS* (a public key used as an HMAC secret) and `none` can never be enabled.
 SAFE_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"})
 ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+# JOSE headers that carry or point at a key (RFC 7515 4.1.2-4.1.6): keys come only from the configured JWKS,
+# so a token naming its own is refused rather than silently verified against another key
+KEY_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c"})
 MAX_TOKEN_CHARS = 8192
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 FILE_RELOAD_S = 1.0
@@ -341,6 +344,8 @@ class TokenVerifier:
             raise self._refuse("token type not accepted", "malformed")
         if "crit" in header:
             raise self._refuse("token has critical header extensions", "malformed")
+        if not KEY_HEADERS.isdisjoint(header):
+            raise self._refuse("token header carries its own key (jku, jwk, x5u, x5c)", "malformed")
         kid = header.get("kid")
         key = keys.get(kid) if isinstance(kid, str) else None
         if key is None:
@@ -385,6 +390,10 @@ class TokenVerifier:
             raise self._refuse("token subject invalid", "claims")
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise self._refuse("token expiry invalid", "claims")
+        for time_claim in ("iat", "nbf"):  # PyJWT reads int("123"): a NumericDate must be a JSON number
+            value = payload.get(time_claim)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise self._refuse(f"token {time_claim} invalid", "claims")
         if not isinstance(scope, str):
             raise self._refuse("token scope invalid", "claims")
         thumbprint = None

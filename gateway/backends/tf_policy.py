@@ -20,6 +20,7 @@ from gateway.errors import UnsafeModel, UnsupportedFormat, clip
 SAVED_MODEL = "saved_model.pb"
 ASSETS = "assets"
 MAX_NODES = 1_000_000
+MAX_ATTR_DEPTH = 16  # function attrs nested in function attrs
 
 # Pure math and shape ops a Keras model's forward pass uses (dense, conv, pooling, normalisation,
 # activations, attention, recurrence) plus variables, lookup tables and structured control flow.
@@ -228,15 +229,24 @@ def _refuse(where: str, what: str) -> UnsafeModel:
     return UnsafeModel(f"unsafe TensorFlow model: {what} (at {clip(where)})")
 
 
+def _func_names(attrs: Any, depth: int = 0) -> Iterator[str]:
+    """Every function named in an attr map: func / list(func) values and, nested in them, the attrs a called
+    function is instantiated with (a function-typed attr there can be what the callee calls)."""
+    if depth > MAX_ATTR_DEPTH:
+        raise _refuse("attr", f"function attrs nest deeper than {MAX_ATTR_DEPTH}")
+    for value in attrs.values():
+        functions = [value.func] if value.HasField("func") else []
+        if value.HasField("list"):
+            functions.extend(value.list.func)
+        for function in functions:
+            yield function.name
+            yield from _func_names(function.attr, depth + 1)
+
+
 def _called(node: Any) -> Iterator[str]:
     """Every function a node calls: a library function as its op, or named in a func / list(func) attr."""
     yield node.op
-    for value in node.attr.values():
-        if value.HasField("func"):
-            yield value.func.name
-        if value.HasField("list"):
-            for function in value.list.func:
-                yield function.name
+    yield from _func_names(node.attr)
 
 
 def _calls(model: _Model, node: Any, where: str) -> list[str]:

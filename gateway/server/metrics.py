@@ -7,7 +7,7 @@ loaded versions) use prometheus_client's own Counter and Gauge.
 
 Label values are bounded whatever clients send: a model label only for a model the manager knows (read
 from the `loaded` gauge the manager keeps current), every other name under OTHER; protocol, method and
-status from fixed sets; a version label only beside a known model.
+status from fixed sets; a version label only beside a known model, on a call that succeeded.
 """
 
 from __future__ import annotations
@@ -160,6 +160,8 @@ class Metrics:
         if model and model not in self._models and model not in self.known_models(MODELS_REFRESH_S / 4):
             model, version = OTHER, ""
         if version and (len(version) > MAX_VERSION_LABEL or not version.isascii() or not version.isdigit()):
+            version = ""
+        if status != "OK":  # a refused call's version may be any digits the client chose, and never existed
             version = ""
         return (
             protocol if protocol in PROTOCOLS else OTHER,

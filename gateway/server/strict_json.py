@@ -124,6 +124,8 @@ def to_array(value: Any, datatype: str, name: str) -> np.ndarray:
         if kind != "b":
             raise InvalidInput(f"input {clip(name)!r}: BOOL needs true or false")
         return raw
+    if kind == "b":  # true/false is not a number: numpy would cast it to 1/0 silently
+        raise InvalidInput(f"input {clip(name)!r}: {datatype} needs numbers, not true or false")
     if dtype.kind in "iu":
         if kind == "f":
             raise InvalidInput(f"input {clip(name)!r}: {datatype} needs integers")

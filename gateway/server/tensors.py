@@ -22,6 +22,7 @@ MAX_RANK = 32  # dimensions per tensor (ONNX Runtime itself refuses more than a 
 THREAD_DECODE_BYTES = 1 << 20  # requests with more payload than this are decoded off the event loop
 THREAD_DECODE_ELEMENTS = 1 << 14  # BYTES elements are decoded in a Python loop: many of them also leave the loop
 BYTES_FRAME = 4  # each BYTES element carries at least its 4-byte length prefix
+MAX_ID_CHARS = 256  # a request id is echoed in the response (oip_rest.MAX_ID_CHARS over REST)
 
 # typed-contents field for each datatype (Triton's mapping)
 TYPED_FIELD = {
@@ -117,11 +118,26 @@ def encode_bytes(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def _one_representation(tensor: pb.ModelInferRequest.InferInputTensor, raw: bool) -> None:
+    """Refuse a tensor given two ways (raw and typed contents, or two typed fields): the model would run on
+    one of them while whatever inspected the request (a proxy, a log, an audit) may have read the other."""
+    if not tensor.HasField("contents"):
+        return
+    given = [field.name for field, _ in tensor.contents.ListFields()]
+    if raw and given:
+        raise InvalidInput(f"{_label(tensor.name)}: typed contents must not be sent with raw_input_contents")
+    expected = TYPED_FIELD.get(tensor.datatype)
+    if expected is not None and any(name != expected for name in given):  # no typed field: refused below
+        raise InvalidInput(f"{_label(tensor.name)}: {tensor.datatype} values belong in {expected} only")
+
+
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     """Turn a ModelInferRequest's inputs into numpy arrays, raw or typed, checking every size first."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    if len(request.id) > MAX_ID_CHARS:  # echoed in the response: the same bound as over REST
+        raise InvalidInput(f"request id must be a string of at most {MAX_ID_CHARS} characters")
     arrays: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
@@ -132,6 +148,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         if tensor.datatype not in NUMPY_DTYPES:
             raise InvalidInput(f"{_label(name)}: unknown datatype '{clip(tensor.datatype, 32)}'")
         dtype = _WIRE.get(tensor.datatype) or numpy_dtype(tensor.datatype)
+        _one_representation(tensor, bool(raw))
         if raw:
             data = raw[i]
             if tensor.datatype == BYTES:
