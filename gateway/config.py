@@ -59,6 +59,7 @@ class ServerConfig:
     max_json_depth: int = 64  # nesting of a REST request body (400 beyond)
     workers: int = 1  # front-end processes sharing the ports (SO_REUSEPORT), run by a supervisor when > 1
     event_loop: str = "auto"  # "auto": uvloop when installed, else asyncio's; "uvloop" (required); "asyncio"
+    message_timeout_s: float = 10.0  # a unary gRPC call's request message must follow its headers within this
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,8 @@ class Config:
             raise ConfigError("[server] max_concurrent_per_peer must be >= 0 (0: no limit)")
         if not 1 <= self.server.workers <= 64:
             raise ConfigError("[server] workers must be between 1 and 64")
+        if not self.server.message_timeout_s > 0:
+            raise ConfigError("[server] message_timeout_s must be > 0")
         if self.server.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ConfigError("[server] event_loop must be 'auto', 'uvloop' or 'asyncio'")
         be = self.backend

@@ -76,9 +76,21 @@ class Authorizer:
             self.revocation.check(peer)
 
     def authenticate(self, metadata: Metadata, peer: PeerIdentity) -> Principal:
-        """Verify the bearer token and its certificate binding; no scope check (for listings)."""
+        """Verify the bearer token and its certificate binding; no scope check (listings, and every unary call
+        before its request message is read). Memoized like `authorize`, under the action ""."""
         self.check_peer(peer)
-        return _principal(self._verified(bearer_token(metadata), peer), peer)
+        token = bearer_token(metadata)
+        key = (token, peer.thumbprint, "", "")
+        hit = self._granted.get(key)
+        generation = self.verifier.generation()
+        if hit is not None and hit[2] == generation and hit[1] > time.time():
+            return hit[0]
+        claims = self._verified(token, peer)
+        principal = _principal(claims, peer)
+        if len(self._granted) >= self._cache_size:
+            self._granted.clear()
+        self._granted[key] = (principal, float(claims.exp), generation)
+        return principal
 
     def authorize(self, metadata: Metadata, peer: PeerIdentity, action: str, model: str) -> Principal:
         """Authenticate, then require the scope for `action` on `model`.

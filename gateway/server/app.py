@@ -58,6 +58,7 @@ from gateway.server.public import PublicHealth, PublicReflection
 from gateway.server.recorder import CallRecorder
 from gateway.server.reflection_v1 import SERVICE_NAME as REFLECTION_V1
 from gateway.server.reflection_v1 import PublicReflectionV1
+from gateway.server.registration import register
 from gateway.server.release import ReleaseService
 from gateway.server.rest import RestLimits, RestServer
 from gateway.server.rollouts import audit_hook, rollout_settings
@@ -125,7 +126,14 @@ class Gateway:
         authorizer = Authorizer(verifier, revocation=revocation, client_ca=config.tls.ca)
         proxy = ProxyTrust(config.tls.mode, config.tls.proxy_identities, authorizer.check_peer)
         self.tracing = Tracing(config.tracing) if config.tracing.enabled else None  # spans: server/tracing.py
-        self.guard = Guard(authorizer, self.recorder, proxy, self.tracing)
+        self.guard = Guard(
+            authorizer,
+            self.recorder,
+            proxy,
+            self.tracing,
+            message_timeout_s=config.server.message_timeout_s,
+            waiting=Slots(config.server.max_concurrent_requests, config.server.max_concurrent_per_peer),
+        )
         self.manager.metrics = self.metrics
         self.manager.audit_hook = audit_hook(self.recorder)  # rollout decisions and failover, audited
         self._unwatch_workers = watch_workers(self.audit, self.metrics.registry, config.backend.isolation)
@@ -221,7 +229,7 @@ class Gateway:
     def _add(self, module: Any, service: str, servicer: object, add: Callable[[Any, grpc.aio.Server], None]) -> None:
         """Register `servicer` as `module`'s `service` on the gRPC server and in `self.services`."""
         assert self._server is not None
-        add(servicer, self._server)
+        register(self._server, add, servicer)  # unary-request methods admitted before their message is read
         self.services[module.DESCRIPTOR.services_by_name[service].full_name] = servicer
 
     async def _sync_health(self) -> None:

@@ -3,18 +3,23 @@
 Each gRPC method declares here, in one line, what it needs: `@guarded(action, model=FIELD)` (a token with
 the scope `action` on the model named by the request's FIELD, then a slot of the caller), `@guarded_stream`
 (a stream admitted on its metadata, each message authorized), or `@public(NAME)` (no token: the client
-certificate check only). The decorators authorize, take the slot, audit, measure and map errors, so a
+certificate check only). Every call is admitted on its metadata before its request message is read (the
+server registers unary-request methods as request streams, gateway/server/registration.py): a token and a
+slot (a public call: the certificate check, and one of `waiting` while its message comes), then the message
+within `message_timeout_s`, then the scope on the model it names. So a caller without a valid token holds
+nothing: gRPC itself would otherwise count a call from its headers and run the handler only once the
+message arrived. The decorators authorize, take the slot, audit, measure and map errors, so a
 handler only translates its request; `declaration(method)` reads a declaration back (the guard-walk test
 proves every registered method carries one and is refused without a token unless it is public).
 
 Knows nothing of models beyond their names. The status recorded is the one the client receives; an
 unexpected exception is logged here (server side, with its traceback) and reaches the client only as
-"internal error". Streams are admitted on their metadata (authenticated, then given a concurrency slot)
-before any message is read, so a caller without a valid token holds nothing.
+"internal error". Streams are admitted the same way, before their first message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -29,6 +34,7 @@ import grpc
 
 from gateway.auth.authorizer import Authorizer, Metadata, Principal
 from gateway.auth.peer import PeerIdentity, peer_from_auth_context
+from gateway.auth.policy import authorize as check_scope
 from gateway.auth.xfcc import ProxyTrust
 from gateway.errors import (
     InvalidInput,
@@ -36,6 +42,7 @@ from gateway.errors import (
     Overloaded,
     PermissionDenied,
     SealgateError,
+    StreamTimeout,
     Unauthenticated,
     clip,
 )
@@ -131,11 +138,17 @@ class Guard:
         recorder: CallRecorder,
         proxy: ProxyTrust | None = None,
         tracing: Tracing | None = None,
+        message_timeout_s: float = 10.0,
+        waiting: Slots | None = None,
     ) -> None:
+        """`message_timeout_s`: how long a unary call's request message may take to arrive after its headers;
+        `waiting`: the limit on public calls awaiting theirs (per client certificate and in total)."""
         self.authorizer = authorizer
         self.recorder = recorder
         self.proxy = proxy or ProxyTrust()  # [tls] mode: the peer a call acts for (x-forwarded-client-cert)
         self.metrics = recorder.metrics
+        self.message_timeout_s = message_timeout_s
+        self.waiting = waiting or Slots(1024, 64)
         if tracing is not None:  # [tracing]: authorize also starts the call's span; off, nothing is wrapped
             self.authorize = tracing.wrap_authorize(self.authorize)  # type: ignore[method-assign]
 
@@ -162,9 +175,54 @@ class Guard:
                 call.principal = self.authorizer.authorize(metadata, call.peer, action, model)
         except (Unauthenticated, PermissionDenied) as exc:
             self.metrics.auth_failures.labels(exc.reason).inc()
+            call.principal = None  # a refused call is recorded with its certificate only, also when admitted first
             raise
         SUBJECT.set(call.principal.subject)  # what a sticky canary rollout hashes
         return call.principal
+
+    def permit(self, call: Call, action: str, model: str) -> None:
+        """The second half of `authorize` for a call already authenticated on its metadata: the scope for
+        `action` on the `model` its message names (no second token check). Refusals as `authorize`'s."""
+        call.model = model
+        principal = call.principal
+        if principal is None:
+            raise Unauthenticated("the call was not authenticated", "token")
+        if not NAME_PATTERN.fullmatch(model):
+            if action == "release":
+                raise InvalidInput(
+                    f"invalid model name '{clip(model)}': use 1-64 characters of A-Z a-z 0-9 . _ - "
+                    "starting with a letter or digit"
+                )
+            raise NotFound(f"model '{clip(model)}' not found")
+        try:
+            check_scope(principal, action, model)
+        except PermissionDenied as exc:
+            self.metrics.auth_failures.labels(exc.reason).inc()
+            call.principal = None  # recorded with its certificate only, as `authorize` does
+            raise
+
+    async def read_request(self, context: Any) -> Any:
+        """The request message of a unary-request call admitted on its metadata, within `message_timeout_s`
+        (StreamTimeout: DEADLINE_EXCEEDED); InvalidInput if the client ended the call without one."""
+        try:
+            async with asyncio.timeout(self.message_timeout_s):
+                request = await context.read()
+        except TimeoutError:
+            raise StreamTimeout(f"no request message within {self.message_timeout_s:g} s of the call") from None
+        if request is grpc.aio.EOF:
+            raise InvalidInput("the call ended before its request message")
+        return request
+
+    async def read_public_request(self, call: Call, context: Any) -> Any:
+        """`read_request` for a public call (no token to admit it): while it waits, it holds one of `waiting`,
+        counted per client certificate, so certificates without tokens cannot stall calls without bound."""
+        key = call.peer.thumbprint or ""
+        if not self.waiting.acquire(key):
+            raise Overloaded("too many calls from this client are waiting to send their request")
+        try:
+            return await self.read_request(context)
+        finally:
+            self.waiting.release(key)
 
     def check_peer(self, call: Call) -> None:
         """The only check of a public call (health, reflection, OIP live/ready): the client certificate
@@ -230,6 +288,7 @@ class PeerCache:
 
 # --- declarations -------------------------------------------------------------------------------
 IN_STREAM = "<stream>"  # the model is named inside the request stream: the handler authorizes it there
+UNREAD: Any = object()  # a unary-request call whose message is not read yet (gateway/server/registration.py)
 DECLARATION = "__sealgate_guard__"
 
 
@@ -301,16 +360,33 @@ def guarded(action: str | None, model: str = "", *, name: str = "", version: str
 
             return _mark(authenticated, decl)
 
+        async def admitted(self: GuardedServicer, request: Any, context: Any, call: Call) -> tuple[Any, str]:
+            """The token and a slot on the call's metadata, then (if unread) its request, then the scope on the
+            model it names; returns the request and the slot key (held: the caller releases it)."""
+            metadata = context.invocation_metadata()
+            key = self.guard.admit(call, metadata, self.slots)  # before the message: nothing read for a stranger
+            try:
+                if request is UNREAD:
+                    request = await self.guard.read_request(context)
+                target = model_of(request) if model_of else ""
+                if version:
+                    call.version = clip(getattr(request, version))
+                if action is not None:
+                    self.guard.permit(call, action, target)
+                else:
+                    call.model = target
+            except BaseException:
+                self.slots.release(key)
+                raise
+            return request, key
+
         if inspect.isasyncgenfunction(fn):
 
             @functools.wraps(fn)
             async def streamed(self: GuardedServicer, request: Any, context: Any) -> AsyncIterator[Any]:
-                target = model_of(request) if model_of else ""
                 try:
-                    with self.guard.call("grpc", method, self.peers.get(context), target) as call:
-                        if version:
-                            call.version = clip(getattr(request, version))
-                        key = self.guard.admit(call, context.invocation_metadata(), self.slots, action, target)
+                    with self.guard.call("grpc", method, self.peers.get(context)) as call:
+                        request, key = await admitted(self, request, context, call)
                         try:
                             async for answer in fn(self, request, call):
                                 yield answer
@@ -325,12 +401,9 @@ def guarded(action: str | None, model: str = "", *, name: str = "", version: str
 
         @functools.wraps(fn)
         async def unary(self: GuardedServicer, request: Any, context: Any) -> Any:
-            target = model_of(request) if model_of else ""
             try:
-                with self.guard.call("grpc", method, self.peers.get(context), target) as call:
-                    if version:
-                        call.version = clip(getattr(request, version))
-                    key = self.guard.admit(call, context.invocation_metadata(), self.slots, action, target)
+                with self.guard.call("grpc", method, self.peers.get(context)) as call:
+                    request, key = await admitted(self, request, context, call)
                     try:
                         return await fn(self, request, call)
                     finally:
@@ -400,6 +473,8 @@ def public(name: str) -> Callable[[Any], Any]:
                 try:
                     with self.guard.call("grpc", name, self.peers.get(context)) as call:
                         self.guard.check_peer(call)
+                        if request is UNREAD:
+                            request = await self.guard.read_public_request(call, context)
                         async for answer in fn(self, request, context):
                             yield answer
                         return
@@ -414,6 +489,8 @@ def public(name: str) -> Callable[[Any], Any]:
             try:
                 with self.guard.call("grpc", name, self.peers.get(context)) as call:
                     self.guard.check_peer(call)
+                    if request is UNREAD:
+                        request = await self.guard.read_public_request(call, context)
                     return await fn(self, request, context)
             except Exception as exc:
                 error = exc

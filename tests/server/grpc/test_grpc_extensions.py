@@ -169,12 +169,12 @@ def test_load_and_unload_need_admin_and_are_audited(served: tuple[harness.Env, G
     assert [(s.name, s.version, s.state.name) for s in gw.manager.status()] == before
     assert _audit(env, gw, seen, "grpc:RepositoryModelLoad") == [
         (None, SWAP, "PERMISSION_DENIED"),  # the guard records a refused call's certificate identity, no subject
-        (None, SWAP, "UNAUTHENTICATED"),
+        (None, None, "UNAUTHENTICATED"),  # refused on its metadata: its message (the model) was never read
         (ADMIN_SUB, SWAP, "OK"),
     ]
     assert _audit(env, gw, seen, "grpc:RepositoryModelUnload") == [
         (None, SWAP, "PERMISSION_DENIED"),
-        (None, SWAP, "UNAUTHENTICATED"),
+        (None, None, "UNAUTHENTICATED"),  # refused on its metadata: its message (the model) was never read
     ]
 
 

@@ -1,0 +1,71 @@
+"""Registers a servicer on the gRPC server so that each declared unary-request method is admitted on its
+metadata before its request message is read.
+
+grpc.aio runs a unary-request handler only once the request message has arrived, while gRPC counts the
+call (`maximum_concurrent_rpcs`) from its headers: a client that sends headers and never the message held
+a call that no check had seen. Registered here as a request stream instead (the same bytes on the wire,
+so every client works unchanged), the method's guard runs at the headers (gateway/server/guard.py: the
+token, a slot), then reads the one message itself, within `[server] message_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from gateway.server.guard import UNREAD, declaration
+
+
+class _Capture:
+    """Stands in for the server while a generated `add_*Servicer_to_server` hands over its method handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """The same handlers again, as a generic handler: `add_registered_method_handlers` has them by name."""
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def register(server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object) -> None:
+    """`add(servicer, server)`, with every declared unary-request method turned into a request stream."""
+    capture = _Capture()
+    add(servicer, capture)
+    if not capture.service:
+        raise RuntimeError(f"{add.__name__} registered no method handlers by name")
+    handlers = {name: _admitted_first(handler) for name, handler in capture.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
+
+
+def _admitted_first(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A unary-request handler whose behaviour carries a guard declaration, as a request-stream handler."""
+    if handler.request_streaming:
+        return handler
+    behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+    if declaration(behaviour) is None:  # not guarded (nothing of ours is): leave it as gRPC made it
+        return handler
+    make = grpc.stream_stream_rpc_method_handler if handler.response_streaming else grpc.stream_unary_rpc_method_handler
+    return make(_unread(behaviour), handler.request_deserializer, handler.response_serializer)
+
+
+def _unread(behaviour: Any) -> Any:
+    """Call the guarded method with UNREAD for its request (it reads it once admitted), as gRPC expects."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def answers(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for answer in behaviour(UNREAD, context):
+                yield answer
+
+        return answers
+
+    async def answer(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        return await behaviour(UNREAD, context)
+
+    return answer
