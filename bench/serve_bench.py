@@ -236,16 +236,19 @@ def main() -> None:
         )
         old_port, old_rest = free_loopback_port(), free_loopback_port()
         old_toml = work / "baseline.toml"
-        old_toml.write_text(
+        known = (baseline_tree / "gateway" / "config.py").read_text()
+        text = (
             (work / "sealgate.toml")
             .read_text()
             .replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{old_port}")
             .replace(f"127.0.0.1:{rest_port}", f"127.0.0.1:{old_rest}")
             .replace('path = "audit.log"', 'path = "baseline-audit.log"')
-            .replace('metrics_address = "127.0.0.1:0"\n', "")  # keys older trees do not know
-            .replace('isolation = "none"\n', "")
-            .replace(f'event_loop = "{args.event_loop}"\n', "")
         )
+        newer = ('metrics_address = "127.0.0.1:0"\n', 'isolation = "none"\n', f'event_loop = "{args.event_loop}"\n')
+        for line in newer:
+            if line.split(" =")[0] not in known:  # a key that tree does not know yet (it refuses unknown keys)
+                text = text.replace(line, "")
+        old_toml.write_text(text)
         uv = "import runpy, uvloop; uvloop.install(); runpy.run_module('gateway.cli', run_name='__main__')"
         cli = ["-c", uv] if args.baseline_loop == "uvloop" else ["-m", "gateway.cli"]
         old = subprocess.Popen(
