@@ -271,6 +271,7 @@ class _Connection:
         self.deadline = 0.0
         self.body_left = 0
         self.keep = True
+        self.head_only = False  # the request in hand is a HEAD
         self.headers: Sequence[tuple[bytes, bytes]] = ()
 
     async def run(self) -> None:
@@ -389,8 +390,10 @@ class _Connection:
 
     async def _handle(self, call: Call) -> Reply:
         """Everything between the head and the answer: route, guard, then the route's handler."""
+        self.head_only = False
         request = await self._head()
         self.headers = request.headers
+        self.head_only = request.method == b"HEAD"  # its answer has headers, and no body (RFC 9110 9.3.2)
         lengths = [int(v) for k, v in request.headers if k == b"content-length"]
         self.body_left = lengths[0] if lengths else 0
         if any(k == b"transfer-encoding" for k, _ in request.headers):
@@ -633,8 +636,9 @@ class _Connection:
             headers.append((b"connection", b"close"))
         try:
             data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")))
-            data = (data or b"") + (self.h11.send(h11.Data(data=payload)) or b"")
-            data += self.h11.send(h11.EndOfMessage()) or b""
+            if not self.head_only:
+                data = (data or b"") + (self.h11.send(h11.Data(data=payload)) or b"")
+            data = (data or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError:  # h11 cannot frame an answer in this state: close without one
             self.keep = False
             return
