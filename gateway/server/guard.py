@@ -168,12 +168,7 @@ class Guard:
                 call.principal = self.authorizer.authenticate(metadata, call.peer)
             elif not NAME_PATTERN.fullmatch(model):
                 call.principal = self.authorizer.authenticate(metadata, call.peer)
-                if action == "release":  # a new name is being chosen: say what a valid one is
-                    raise InvalidInput(
-                        f"invalid model name '{clip(model)}': use 1-64 characters of A-Z a-z 0-9 . _ - "
-                        "starting with a letter or digit"
-                    )
-                raise NotFound(f"model '{clip(model)}' not found")
+                raise _bad_name(action, model)
             else:
                 call.principal = self.authorizer.authorize(metadata, call.peer, action, model)
         except (Unauthenticated, PermissionDenied) as exc:
@@ -191,12 +186,7 @@ class Guard:
         if principal is None:
             raise Unauthenticated("the call was not authenticated", "token")
         if not NAME_PATTERN.fullmatch(model):
-            if action == "release":
-                raise InvalidInput(
-                    f"invalid model name '{clip(model)}': use 1-64 characters of A-Z a-z 0-9 . _ - "
-                    "starting with a letter or digit"
-                )
-            raise NotFound(f"model '{clip(model)}' not found")
+            raise _bad_name(action, model)
         try:
             check_scope(principal, action, model)
         except PermissionDenied as exc:
@@ -291,6 +281,17 @@ class Guard:
     def call(self, protocol: str, method: str, peer: PeerIdentity, model: str = "") -> Call:
         """A Call to run a body in (`with guard.call(...) as call:`); records it however it ends."""
         return Call(self.recorder, protocol, method, peer, model)
+
+
+def _bad_name(action: str, model: str) -> SealgateError:
+    """The refusal of a name no model can have: NotFound, or for a release (a name being chosen) what a valid
+    one is."""
+    if action == "release":
+        return InvalidInput(
+            f"invalid model name '{clip(model)}': use 1-64 characters of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return NotFound(f"model '{clip(model)}' not found")
 
 
 class PeerCache:
