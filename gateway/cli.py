@@ -326,11 +326,16 @@ def seal(
     chunk_size: Annotated[int, typer.Option(help="Plaintext bytes per authenticated chunk.")] = 1 << 20,
 ) -> None:
     """Sign, pack and encrypt a model (file or folder) to named recipients."""
+    from gateway.artifact.envelope import MAX_CHUNK, MIN_CHUNK
     from gateway.artifact.keys import load_recipient, load_signer
     from gateway.artifact.sealed import seal_to_file
+    from gateway.versions import check_name
 
     if version < 1:
         raise SealgateError("--version must be a positive integer")
+    check_name(name)  # the gateway's own rule: never seal what a push would refuse
+    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise SealgateError(f"--chunk-size must be from {MIN_CHUNK} to {MAX_CHUNK} bytes")
     prov = _read_json(provenance) if provenance else None
     header = seal_to_file(
         src,
@@ -547,10 +552,13 @@ def fetch(
     dir: CertsDir = Path("certs"),
     token: Token = None,
     cert: Cert = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
     as_json: Json = False,
 ) -> None:
     """Fetch a sealed artifact (scope fetch:<model>); open it offline with `sealgate unseal`."""
     _require_folder(out_file.parent, "--out")
+    if not force and (out_file.exists() or out_file.is_symlink()):
+        raise ConfigError(f"--out {out_file} exists; refusing to overwrite it (use --force)")
     client = _client(address, dir, token, cert)
     bar, update = _progress(f"fetch {name}")
     with client, bar:
@@ -583,6 +591,8 @@ def models(
 
     from gateway.protos.sealgate.v1 import release_pb2 as pb
 
+    if not wait < 86400:  # inf (1e999) or nan would wait for ever
+        raise SealgateError("--wait must be a number of seconds below 86400")
     with _client(address, dir, token, cert) as client:
         resp = _list_when_up(client, name, wait)
     if as_json:
@@ -766,7 +776,10 @@ def release_cmd(
     from gateway.release.drift_reference import with_drift_reference
     from gateway.release.gates import GateConfig, check
     from gateway.release.publish import release
+    from gateway.versions import check_name, check_version
 
+    check_name(name)  # before the gates run, and before `NAME-VERSION.sealed` names a path outside the folder
+    check_version(version)
     files = {candidate.name: candidate.read_bytes()} if candidate.is_file() else None
     onnx_bytes = candidate.read_bytes() if candidate.is_file() else (candidate / "model.onnx").read_bytes()
     x, y = load_xy(data)

@@ -322,6 +322,8 @@ class Config:
             raise ConfigError("[server] max_concurrent_requests must be >= 0 (0: no limit)")
         if self.server.max_message_bytes < 1024:
             raise ConfigError("[server] max_message_bytes must be >= 1024")
+        if self.server.max_message_bytes > 2**31 - 1:  # gRPC's message limits are C ints
+            raise ConfigError("[server] max_message_bytes must be < 2**31")
         for alg in self.auth.algorithms:
             if alg.upper() == "NONE" or alg.upper().startswith("HS"):
                 raise ConfigError(f"[auth] algorithm {alg} is not allowed (no 'none', no shared-secret HMAC)")
@@ -332,6 +334,9 @@ class Config:
         for addr in (self.server.grpc_address, self.server.rest_address, self.server.metrics_address or ":"):
             if ":" not in addr:
                 raise ConfigError(f"[server] address {addr!r} must be host:port")
+            port = addr.rpartition(":")[2]
+            if addr != ":" and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+                raise ConfigError(f"[server] address {addr!r}: the port must be 0 to 65535")  # gRPC wraps 99999
         if self.server.max_concurrent_per_peer < 0:
             raise ConfigError("[server] max_concurrent_per_peer must be >= 0 (0: no limit)")
         if not 1 <= self.server.workers <= 64:
@@ -445,6 +450,9 @@ def _validate_batching(b: BatchingSection) -> None:
         raise ConfigError("[batching] models must be a list of model names")
 
 
+_MAX_NUMBER = 2**63 - 1  # any number the C libraries below (gRPC, sockets, time) take without overflow
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -457,6 +465,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, int | float) and not isinstance(default, bool):
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{where} must be a number")
+        if (isinstance(value, float) and value != value) or abs(value) > _MAX_NUMBER:
+            raise ConfigError(f"{where} must be a finite number below 2**63")  # nan, inf, 10**30 reach C code
+        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where} must be an integer")  # 1.5 is not silently 1
         return type(default)(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -482,6 +494,8 @@ def load_config(path: Path | None = None, base: Path | None = None) -> Config:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start})") from None
     classes = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - set(classes))
     if unknown:

@@ -1,7 +1,9 @@
-"""The one rule for model versions, shared by seal, push, the repository, the ledger and the servers.
+"""The one rule for model versions and names, shared by seal, push, the repository, the ledger and the servers.
 
 A version is an integer 1..10**18-1 written with 1 to 18 ASCII digits, so that every stored version also
-matches the repository's file pattern and survives a restart; `²`, `①` or `٣` are not digits here.
+matches the repository's file pattern and survives a restart; `²`, `①` or `٣` are not digits here. A name
+is 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit (it becomes a folder name), so
+`seal` refuses a name the gateway would never store.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ from gateway.errors import InvalidInput, clip
 MAX_VERSION_DIGITS = 18
 MAX_VERSION = 10**MAX_VERSION_DIGITS - 1
 VERSION_TEXT = re.compile(rf"[0-9]{{1,{MAX_VERSION_DIGITS}}}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid model name, else raise InvalidInput (the name is clipped and escaped)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidInput(
+            f"invalid model name '{clip(name)}': use 1-64 characters of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 def check_version(n: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def load_identity(path: Path) -> Identity:
         raw = _unpem(HYBRID_PRIVATE_LABEL, data, path)
         if len(raw) != 96:
             raise ConfigError(f"{path}: malformed hybrid private key")
+        check_private_mode(path)
         return _hybrid_identity(
             mlkem.MLKEM768PrivateKey.from_seed_bytes(raw[:64]), x25519.X25519PrivateKey.from_private_bytes(raw[64:])
         )
@@ -143,6 +145,7 @@ def load_identity(path: Path) -> Identity:
         raise ConfigError(f"{path}: not a readable private key ({exc})") from None
     if not isinstance(key, x25519.X25519PrivateKey):
         raise ConfigError(f"{path}: a recipient identity must be an X25519 or hybrid key")
+    check_private_mode(path)
     return _x25519_identity(key)
 
 
@@ -173,6 +176,7 @@ def load_signer(path: Path) -> ec.EllipticCurvePrivateKey:
         raise ConfigError(f"{path}: not a readable private key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(f"{path}: a signing key must be ECDSA P-256 (as OpenSSF Model Signing needs)")
+    check_private_mode(path)
     return key
 
 
@@ -185,6 +189,23 @@ def load_trusted(path: Path) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(f"{path}: a trusted signer key must be ECDSA P-256")
     return key
+
+
+def check_private_mode(path: Path) -> None:
+    """Refuse a private key file that every user may read or write (say 0644): keys are 0600.
+
+    Group access stays allowed (a Kubernetes secret mounted 0440 for the gateway's group); checked after
+    the key parses, so a file that is no key at all is reported as such.
+    """
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    if mode & 0o007:
+        raise ConfigError(
+            f"{path}: a private key readable or writable by every user (mode {mode:04o}); "
+            f"run `chmod 600 {path}` (and treat the key as exposed)"
+        )
 
 
 def _read(path: Path) -> bytes:

@@ -28,7 +28,7 @@ from model_signing._signing import sign_ec_key, sign_sigstore_pb
 from model_signing._signing import signing as ms_signing
 from sigstore_models.bundle import v1 as bundle_pb
 
-from gateway.artifact.keys import signer_key_id
+from gateway.artifact.keys import check_private_mode, signer_key_id
 from gateway.errors import ConfigError, SignatureError, UntrustedSigner
 from gateway.fsutil import atomic_write
 
@@ -92,6 +92,7 @@ def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"signing key {path} is not an ECDSA key")
     _check_key(key.public_key())
+    check_private_mode(path)
     return key
 
 

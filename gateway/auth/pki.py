@@ -190,6 +190,8 @@ def revoke(dir: Path, cert: Path, days: int = CRL_DAYS) -> Path:
         leaf.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         raise ConfigError(f"{cert} was not issued by the CA in {dir}") from None
+    if leaf == ca_cert:  # self-issued: revoking the root in its own CRL would lock every client out
+        raise ConfigError(f"{cert} is the CA itself; to replace the CA, write a new PKI (`sealgate init --force`)")
     path = Path(dir) / "crl.pem"
     entries: list[x509.RevokedCertificate] = []
     if path.exists():

@@ -4,6 +4,7 @@ certificate files on the next handshake, without a restart; and client credentia
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -113,6 +114,12 @@ def channel_credentials(ca: Path, cert: Path | None = None, key: Path | None = N
     """gRPC client credentials trusting `ca`, presenting `cert`/`key` when given (both or neither)."""
     if (cert is None) != (key is None):
         raise ConfigError("a client certificate needs its key, and the reverse")
+    if cert is not None and key is not None:  # checked here: gRPC would log C++ errors and say "UNAVAILABLE"
+        TlsFiles(ca, cert, key).load()
+        leaf = x509.load_pem_x509_certificates(Path(cert).read_bytes())[0]
+        with contextlib.suppress(x509.ExtensionNotFound):
+            if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                raise ConfigError(f"{cert} is a CA certificate, not a client certificate")
     try:
         return grpc.ssl_channel_credentials(
             root_certificates=Path(ca).read_bytes(),

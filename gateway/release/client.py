@@ -20,6 +20,7 @@ from gateway.errors import InvalidInput, SealgateError
 from gateway.fsutil import atomic_write
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
+from gateway.versions import check_version
 
 CHUNK = 256 << 10  # well under any sane message limit (the gateway refuses messages over its limit)
 Progress = Callable[[int, int], None]
@@ -134,6 +135,8 @@ class ReleaseClient:
 
     def fetch(self, name: str, out: Path, version: int = 0, progress: Progress | None = None) -> pb.ArtifactMetadata:
         """Download a sealed file into `out` atomically, checking its size and SHA-256."""
+        if version:
+            check_version(version)  # before protobuf, which cannot hold 10**30 and would raise ValueError
         stream = self.stub.Fetch(
             pb.FetchRequest(name=name, version=version), metadata=self.metadata, timeout=self.timeout
         )
@@ -169,6 +172,7 @@ class ReleaseClient:
 
     def rollback(self, name: str, version: int, reason: str) -> pb.RollbackResponse:
         """Serve an earlier version again, explicitly."""
+        check_version(version)
         req = pb.RollbackRequest(name=name, version=version, reason=reason)
         done: pb.RollbackResponse = self._call(lambda: self.stub.Rollback(req, metadata=self.metadata, timeout=60))
         return done

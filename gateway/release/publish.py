@@ -17,6 +17,7 @@ from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.release import reference as reference_data
 from gateway.release.client import Progress, ReleaseClient
 from gateway.release.report import GateReport
+from gateway.versions import check_name
 
 
 def release(
@@ -41,6 +42,7 @@ def release(
     `reference_source` names them in provenance.
     `rollout`: push as a canary or shadow candidate (gateway/release/rollout.py) instead of replacing.
     """
+    check_name(name)  # the gateway's rule: nothing is sealed that a push would refuse
     report.raise_for_failure()
     record = dict(provenance)
     record["gates"] = report.to_dict()

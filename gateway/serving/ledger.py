@@ -302,8 +302,8 @@ class LedgerFile:
         except FileNotFoundError:
             return Ledger()
         try:
-            return Ledger.parse(json.loads(raw))
-        except ValueError as exc:  # JSON syntax or LedgerFormatError
+            return Ledger.parse(json.loads(raw, object_pairs_hook=_no_duplicates))
+        except (ValueError, RecursionError) as exc:  # JSON syntax, nesting, duplicate keys or LedgerFormatError
             raise ConfigError(
                 f"{self.path} is not valid repository state ({clip(exc, 300)}); "
                 "refusing to guess the anti-rollback floor"
@@ -331,6 +331,16 @@ class LedgerFile:
             yield
         finally:
             os.close(fd)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: a repeated key (last one wins in `json`) could lower the floor."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise LedgerFormatError(f"duplicate key '{clip(key, 40)}'")
+        doc[key] = value
+    return doc
 
 
 def _object(

@@ -19,26 +19,18 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from gateway.errors import ConfigError, InvalidInput, RollbackRefused
+from gateway.errors import ConfigError, RollbackRefused
 from gateway.fsutil import atomic_write, fsync_dir
 from gateway.versions import MAX_VERSION_DIGITS
+from gateway.versions import NAME_PATTERN as NAME_PATTERN
+from gateway.versions import check_name as check_name
 from gateway.versions import check_version as check_version
 
 log = logging.getLogger("sealgate.serving.repository")
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 VERSION_FILE = re.compile(rf"([1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}})\.sealed")  # the one version rule
 SUFFIX = ".sealed"
 _COPY_BLOCK = 1 << 20
-
-
-def check_name(name: str) -> str:
-    """Return `name` if it is a valid model name, else raise InvalidInput (it becomes a folder name)."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise InvalidInput(
-            f"invalid model name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
-        )
-    return name
 
 
 def is_temp_name(filename: str) -> bool:
@@ -52,7 +44,7 @@ class Repository:
     def __init__(self, root: Path, create: bool = True) -> None:
         """Open (and with `create`, make) the repository folder; nothing is scanned or cleaned yet."""
         self.root = Path(root)
-        if create:
+        if create and not self.root.is_dir() and not self.root.exists():
             self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a folder")
@@ -140,6 +132,8 @@ class Repository:
         target = self.path(name, version)
         folder = target.parent
         if not folder.is_dir():
+            if folder.exists() or folder.is_symlink():  # a file (or dangling link) dropped in by hand
+                raise ConfigError(f"cannot store model {name!r}: its place in the repository is not a folder")
             folder.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.root)
         if target.exists():
