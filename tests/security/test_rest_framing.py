@@ -123,7 +123,7 @@ def test_bare_lf_head_is_refused(env: harness.Env, gw: Any, token: str) -> None:
 def test_a_head_request_gets_its_answer_without_a_body(env: harness.Env, gw: Any, token: str) -> None:
     """HEAD is refused (405) with headers only: h11 will not frame a body for it, and the answer was dropped."""
     raw, closed = exchange(env, gw.rest_port, _head(token, method="HEAD", target="/v2/health/live"))
-    assert statuses(raw) == [405], raw[:300]
+    assert statuses(raw) == [405] and closed, raw[:300]
     assert int(header(raw, "content-length") or 0) > 0 and raw.endswith(b"\r\n\r\n")  # the length, no body
     predict_ok(env, gw, token)
 
