@@ -376,6 +376,9 @@ class _LoopBatcher:
         self.awaitable = getattr(owner.inner, "infer_async", None)  # an isolated model: no thread per batch
         self.loaded = getattr(owner.inner, "loaded", None)
         self.timer: asyncio.TimerHandle | None = None  # armed while the head waits out its delay
+        # uvloop's timers count whole milliseconds, rounded to the nearest: a 0.5 ms delay would fire at once
+        # and batch nothing; armed for whole milliseconds, rounded up, it never fires before the delay is over
+        self.tick_ns = 1_000_000 if type(loop).__module__.startswith("uvloop") else 1
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()  # running batches (the loop keeps only weak references)
 
@@ -390,9 +393,9 @@ class _LoopBatcher:
             self.pump()
 
     def _expired(self) -> None:
-        """The head's delay is over by the loop's timer: its batch goes now. A loop's timers may be coarser
-        than the delay (uvloop's are whole milliseconds, rounded: 0.5 ms fires on the next iteration); checking
-        the clock again here would re-arm a zero timer and spin the loop until the delay had passed."""
+        """The head's delay is over by the loop's timer: its batch goes now. A loop's clock and this one may
+        disagree by a tick; checking the clock again here could re-arm a zero timer and spin the loop (as it
+        did under uvloop, whose timers round to whole milliseconds) until the delay had passed."""
         self.timer = None
         self.pump(due=True)
 
@@ -403,8 +406,9 @@ class _LoopBatcher:
             due = False
             if batch is None:  # wake up when the head's delay ends
                 if self.timer is None:
-                    left_ns = self.queue[0].queued_ns + self.owner._delay_ns - time.perf_counter_ns()
-                    self.timer = self.loop.call_later(max(left_ns, 0) / 1e9, self._expired)
+                    left_ns = max(self.queue[0].queued_ns + self.owner._delay_ns - time.perf_counter_ns(), 0)
+                    left_ns = -(-left_ns // self.tick_ns) * self.tick_ns
+                    self.timer = self.loop.call_later(left_ns / 1e9, self._expired)
                 return
             live = [r for r in batch if not r.future.done()]  # callers that went away are dropped
             if (len(live) > 1 or self.queue) and self.loaded is not None:

@@ -240,12 +240,14 @@ class _Counted:
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.inner, self.parallel_calls = inner, parallel
         self.calls: list[int] = []
+        self.entered: list[int] = []  # when each batch reached the model (perf_counter_ns)
         self.closed_after: list[int] = []
         self.threads: set[str] = set()
 
     async def infer_async(self, inputs: Any, outputs: Any = None) -> tuple[dict[str, np.ndarray], int, int]:
         self.threads.add(threading.current_thread().name)
         self.calls.append(next(iter(inputs.values())).shape[0])
+        self.entered.append(time.perf_counter_ns())
         await asyncio.sleep(0.002)  # a worker process's call: the loop serves others meanwhile
         began = time.perf_counter_ns()
         return self.inner.infer(inputs, outputs), began, time.perf_counter_ns() - began
@@ -344,8 +346,9 @@ def test_the_awaited_queue_is_bounded_and_a_failure_fails_its_batch_only(mlp: Lo
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_lone_awaited_request_waits_out_its_delay_without_spinning_the_loop(mlp: LoadedModel, loop: str) -> None:
-    """uvloop's timers are whole milliseconds (0.5 ms rounds to 0): a batcher that re-checked its clock when the
-    timer fired re-armed a zero timer and spun the loop, one `_pick` per iteration, until the delay had passed."""
+    """uvloop's timers are whole milliseconds, rounded (0.4 ms is 0): a batcher that re-checked its clock when the
+    timer fired re-armed a zero timer and spun the loop until the delay had passed; one that trusted the timer
+    dispatched at once. Armed for whole milliseconds rounded up, the head waits its delay, no less, no spin."""
     from gateway.server.loops import loop_factory
 
     inner = _Counted(mlp)
@@ -360,10 +363,14 @@ def test_a_lone_awaited_request_waits_out_its_delay_without_spinning_the_loop(ml
 
     batcher._pick = counted  # type: ignore[method-assign]
 
+    waits: list[int] = []
+
     async def run() -> float:
         began = time.perf_counter()
-        for i in range(20):  # one at a time: each waits out (at most) its delay alone
+        for i in range(20):  # one at a time: each waits out its delay alone
+            submitted = time.perf_counter_ns()
             await batcher.infer_async({"input": _rows(1, i)})
+            waits.append(inner.entered[-1] - submitted)
         return time.perf_counter() - began
 
     try:
@@ -373,4 +380,6 @@ def test_a_lone_awaited_request_waits_out_its_delay_without_spinning_the_loop(ml
         batcher.close()
     assert inner.calls == [1] * 20
     assert picks <= 20 * 3, f"{picks} picks for 20 lone requests: the loop spun while a head waited"
-    assert elapsed < 20 * (0.002 + 0.0004) + 1.0  # never waits longer than the delay (plus the run)
+    assert elapsed < 20 * (0.002 + 0.0004) + 1.0  # never waits much longer than the delay (plus the run)
+    # never shorter either: uvloop rounds 0.4 ms to a timer of 0 ms, which dispatched at once and batched nothing
+    assert min(waits) >= 400_000, f"a lone request went after {min(waits) / 1e3:.0f} us, before its 400 us delay"
