@@ -6,44 +6,19 @@ scopes the gateway would never grant. The real `sealgate` console script runs in
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 import pytest
 
-from gateway.auth import pki
 from gateway.auth.policy import ACTIONS, is_allowed
 from gateway.auth.tokens import mint_token
 from gateway.errors import ConfigError
-from tests.models import make_onnx_mlp
-
-SEALGATE = Path(sys.executable).with_name("sealgate")
-
-
-@dataclass(frozen=True)
-class Folder:
-    """A user's working folder as `sealgate init` leaves it, with a model and one sealed artifact."""
-
-    root: Path
-    certs: Path
-    model: Path
-    sealed: Path
-
-
-def sealgate(folder: Path, *args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed `sealgate` console script in `folder`."""
-    run_env = {**os.environ, "COLUMNS": "80", **(env or {})}
-    run_env.pop("SEALGATE_TOKEN", None)
-    return subprocess.run(
-        [str(SEALGATE), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=folder, env=run_env
-    )
+from tests.e2e.cli_world import Folder, sealgate, user_folder
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -61,22 +36,11 @@ def one_error_line(result: subprocess.CompletedProcess[str], *needles: str) -> s
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Folder:
     """Keys as `sealgate init` writes them, a model file, and that model sealed for the gateway."""
-    root = tmp_path_factory.mktemp("user")
-    certs = root / "certs"
-    pki.write_dev_pki(certs)
-    pki.write_signing_keys(certs)
-    pki.write_recipient_keys(certs)
-    pki.write_jwt_issuer(certs)
-    model = root / "model.onnx"
-    model.write_bytes(make_onnx_mlp(in_dim=8, hidden=(16,), out_dim=2)["model.onnx"])
-    sealed = root / "mlp-1.sealed"
-    result = sealgate(
-        root, "seal", model, "--name", "mlp", "--version", "1", "--key", certs / "signing.key",
-        "--recipient", certs / "gateway.pub", "--out", sealed,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert sealgate(root, "inspect", sealed).returncode == 0  # the folder is sound: failures are the inputs'
-    return Folder(root, certs, model, sealed)
+    world = user_folder(tmp_path_factory.mktemp("user"), 8, (16,), 2)
+    assert (
+        sealgate(world.root, "inspect", world.sealed).returncode == 0
+    )  # the folder is sound: failures are the inputs'
+    return world
 
 
 MISSING_INPUTS: dict[str, list[str]] = {

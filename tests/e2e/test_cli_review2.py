@@ -8,42 +8,18 @@ parametrized test so that they stay refused.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.auth import pki
-from tests.models import make_onnx_mlp
+from tests.e2e.cli_world import Folder, sealgate, user_folder
 
-SEALGATE = Path(sys.executable).with_name("sealgate")
 VERSION_10_30 = str(10**30)
-
-
-@dataclass(frozen=True)
-class Folder:
-    """A user's folder as `sealgate init` leaves it, with a model file and that model sealed for the gateway."""
-
-    root: Path
-    certs: Path
-    model: Path
-    sealed: Path
-
-
-def sealgate(folder: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run the installed `sealgate` console script in `folder` (no token in the environment)."""
-    env = {**os.environ, "COLUMNS": "80"}
-    env.pop("SEALGATE_TOKEN", None)
-    env.pop("SEALGATE_TRACEBACK", None)
-    return subprocess.run(
-        [str(SEALGATE), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=folder, env=env
-    )
 
 
 def refused(result: subprocess.CompletedProcess[str], *needles: str, code: int = 1) -> str:
@@ -61,21 +37,7 @@ def refused(result: subprocess.CompletedProcess[str], *needles: str, code: int =
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Folder:
     """Keys as `sealgate init` writes them (0600), a model file, and that model sealed as mlp v1."""
-    root = tmp_path_factory.mktemp("operator")
-    certs = root / "certs"
-    pki.write_dev_pki(certs)
-    pki.write_signing_keys(certs)
-    pki.write_recipient_keys(certs)
-    pki.write_jwt_issuer(certs)
-    model = root / "model.onnx"
-    model.write_bytes(make_onnx_mlp(in_dim=4, hidden=(4,), out_dim=1)["model.onnx"])
-    sealed = root / "mlp-1.sealed"
-    result = sealgate(
-        root, "seal", model, "--name", "mlp", "--version", "1", "--key", certs / "signing.key",
-        "--recipient", certs / "gateway.pub", "--out", sealed,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return Folder(root, certs, model, sealed)
+    return user_folder(tmp_path_factory.mktemp("operator"), 4, (4,), 1)
 
 
 @pytest.fixture(scope="module")
