@@ -127,6 +127,23 @@ def write_public(path: Path, data: bytes, force: bool = False) -> Path:
     return write_file(path, data, 0o644, force)
 
 
+def check_private_mode(path: Path) -> None:
+    """Refuse a private key file that every user may read or write (say 0644): keys are 0600.
+
+    Group access stays allowed (a Kubernetes secret mounted 0440 for the gateway's group); checked after
+    the key parses, so a file that is no key at all is reported as such.
+    """
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    if mode & 0o007:
+        raise ConfigError(
+            f"{path}: a private key readable or writable by every user (mode {mode:04o}); "
+            f"run `chmod 600 {path}` (and treat the key as exposed)"
+        )
+
+
 def enter_private_cwd() -> Path:
     """chdir() the process into a new, empty folder (0700, under the temp dir) and return its path.
 

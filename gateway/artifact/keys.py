@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 
 from gateway.errors import ConfigError
-from gateway.fsutil import write_public, write_secret
+from gateway.fsutil import check_private_mode, write_public, write_secret
 
 HYBRID_PRIVATE_LABEL = "SEALGATE MLKEM768-X25519 PRIVATE KEY"
 HYBRID_PUBLIC_LABEL = "SEALGATE MLKEM768-X25519 PUBLIC KEY"
@@ -189,23 +188,6 @@ def load_trusted(path: Path) -> ec.EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(f"{path}: a trusted signer key must be ECDSA P-256")
     return key
-
-
-def check_private_mode(path: Path) -> None:
-    """Refuse a private key file that every user may read or write (say 0644): keys are 0600.
-
-    Group access stays allowed (a Kubernetes secret mounted 0440 for the gateway's group); checked after
-    the key parses, so a file that is no key at all is reported as such.
-    """
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
-    if mode & 0o007:
-        raise ConfigError(
-            f"{path}: a private key readable or writable by every user (mode {mode:04o}); "
-            f"run `chmod 600 {path}` (and treat the key as exposed)"
-        )
 
 
 def _read(path: Path) -> bytes:

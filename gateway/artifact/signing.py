@@ -28,9 +28,9 @@ from model_signing._signing import sign_ec_key, sign_sigstore_pb
 from model_signing._signing import signing as ms_signing
 from sigstore_models.bundle import v1 as bundle_pb
 
-from gateway.artifact.keys import check_private_mode, signer_key_id
+from gateway.artifact.keys import signer_key_id
 from gateway.errors import ConfigError, SignatureError, UntrustedSigner
-from gateway.fsutil import atomic_write
+from gateway.fsutil import atomic_write, check_private_mode
 
 SIGNATURE_NAME = "model.sig"
 # What `model_signing` ignores by default besides the signature itself (hashing.Config, ignore_git_paths=True).

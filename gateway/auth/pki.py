@@ -23,6 +23,7 @@ from gateway.auth.defaults import AUDIENCE, CERT_DAYS, ISSUER, TRUST_DOMAIN
 from gateway.auth.jwk import public_jwk
 from gateway.auth.keyfiles import refuse_existing, write_file, write_private_key
 from gateway.errors import ConfigError
+from gateway.fsutil import check_private_mode
 
 __all__ = [
     "AUDIENCE",
@@ -124,7 +125,8 @@ def parse_san(value: str) -> x509.GeneralName:
 
 
 def load_ca(dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Load ca.pem and ca.key from `dir`; ConfigError when missing, unreadable or not a matching P-256 pair."""
+    """Load ca.pem and ca.key from `dir`; ConfigError when missing, unreadable, not a matching P-256 pair, or
+    when every user may read the key."""
     try:
         cert = x509.load_pem_x509_certificate((Path(dir) / "ca.pem").read_bytes())
         key = serialization.load_pem_private_key((Path(dir) / "ca.key").read_bytes(), password=None)
@@ -132,6 +134,7 @@ def load_ca(dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         raise ConfigError(f"cannot load the dev CA from {dir}: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise ConfigError(f"{dir}/ca.key is not the P-256 key of {dir}/ca.pem")
+    check_private_mode(Path(dir) / "ca.key")
     return cert, key
 
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.errors import ConfigError
-from gateway.fsutil import file_stamp
+from gateway.fsutil import check_private_mode, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class TlsFiles:
         return tuple(file_stamp(path, "TLS file") for path in (self.ca, self.cert, self.key))
 
     def _read(self) -> TlsMaterial:
-        """Read the files and check that they parse and that the key belongs to the leaf certificate."""
+        """Read the files and check that they parse, that the key belongs to the leaf certificate and that not
+        every user may read the key (as every private key sealgate uses: fsutil.check_private_mode)."""
         try:
             ca, cert, key = self.ca.read_bytes(), self.cert.read_bytes(), self.key.read_bytes()
             roots = x509.load_pem_x509_certificates(ca)
@@ -86,6 +87,7 @@ class TlsFiles:
             raise ConfigError(f"invalid TLS files ({self.ca}, {self.cert}, {self.key}): {exc}") from None
         if not roots or not chain or private.public_key() != chain[0].public_key():
             raise ConfigError(f"{self.key} is not the key of {self.cert}")
+        check_private_mode(self.key)
         return TlsMaterial(ca=ca, cert=cert, key=key)
 
 

@@ -18,6 +18,7 @@ from gateway.auth.defaults import AUDIENCE, ISSUER, TOKEN_TTL_S
 from gateway.auth.jwk import algorithm_for_key, b64url, jwk_thumbprint, public_jwk
 from gateway.auth.scopes import check_scopes
 from gateway.errors import ConfigError, clip
+from gateway.fsutil import check_private_mode
 
 _MAX_TTL_S = 30 * 24 * 3600
 IssuerKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -77,13 +78,15 @@ def mint_token(
 
 
 def _load_issuer_key(path: Path) -> IssuerKey:
-    """Load the unencrypted PEM issuer private key (EC, Ed25519 or RSA); ConfigError when unreadable."""
+    """Load the unencrypted PEM issuer private key (EC, Ed25519 or RSA); ConfigError when unreadable or when
+    every user may read it."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot load token issuer key {path}: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
         raise ConfigError(f"unsupported token-signing key type: {type(key).__name__}")
+    check_private_mode(path)
     return key
 
 

@@ -267,3 +267,34 @@ def test_models_refuses_a_wait_that_never_ends(folder: Folder, closed_port: int,
         "--token", "t",
     )  # fmt: skip
     refused(result, "--wait")
+
+
+@pytest.mark.parametrize("key", ["server.key", "jwt-issuer.key", "client.key", "ca.key"])
+def test_every_private_key_every_user_can_read_is_refused(
+    folder: Folder, tmp_path: Path, closed_port: int, key: str
+) -> None:
+    """Before: only signing and recipient keys were checked; a 0644 TLS key, token issuer key or CA key was used
+    silently. Now each verb that reads one refuses it by name, before it listens, mints, connects or issues."""
+    certs = tmp_path / "certs"
+    shutil.copytree(folder.certs, certs)
+    secret = {line for line in (certs / key).read_text().splitlines() if "-----" not in line}
+    (certs / key).chmod(0o644)
+    port = "127.0.0.1:0"
+    (tmp_path / "s.toml").write_text(f'[server]\ngrpc_address = "{port}"\nrest_address = "{port}"\n')
+    verbs: dict[str, list[str | Path]] = {
+        "server.key": ["serve", "--config", "s.toml"],
+        "jwt-issuer.key": ["token", "--sub", "ops", "--scope", "infer:mlp", "--dir", certs],
+        "client.key": ["health", "--address", f"127.0.0.1:{closed_port}", "--dir", certs],
+        "ca.key": ["init", "--client", "second", "--dir", certs],
+    }
+    result = sealgate(tmp_path, *verbs[key])
+    if key == "server.key":  # serve logs its start-up before it reads the TLS files: the refusal ends it
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        result = subprocess.CompletedProcess(result.args, 1, "", result.stderr.splitlines()[-1] + "\n")
+    line = refused(result, key, "every user", "0644", "chmod 600")
+    assert not any(part in line for part in secret), "no key material in the message"
+    assert not (certs / "client-second.pem").exists(), "nothing issued with a loose CA key"
+    (certs / key).chmod(0o440)  # a group mount (Kubernetes secret) is still fine
+    if key != "server.key":  # (serving would not return; the other verbs end)
+        done = sealgate(tmp_path, *verbs[key])
+        assert "every user" not in done.stderr, done.stderr

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from gateway.artifact.keys import check_private_mode
 from gateway.errors import ConfigError, InvalidInput
+from gateway.fsutil import check_private_mode
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
 from gateway.server.app import GatewayThread
