@@ -772,6 +772,7 @@ def release_cmd(
 ) -> None:
     """Gates passed → seal → push, in one step; refuses (nothing sealed or pushed) on any failed gate."""
     from gateway.artifact.keys import load_recipient, load_signer
+    from gateway.release.client import check_token_fresh
     from gateway.release.commands import load_audit, load_xy
     from gateway.release.drift_reference import with_drift_reference
     from gateway.release.gates import GateConfig, check
@@ -793,25 +794,29 @@ def release_cmd(
         allow_no_dp=allow_no_dp,
     )
     audit = load_audit(audit_data) if audit_data else None
-    report = check(onnx_bytes, baseline.read_bytes() if baseline else None, x, y, gates, prov, audit_data=audit)
-    out.print(report.table())
-    client = _client(address, dir, token, cert)
-    bar, update = _progress(f"push {name} v{version}")
-    with client, bar:
-        resp = release(
-            files or candidate,
-            name=name,
-            version=version,
-            report=report,
-            provenance=prov,
-            signer=load_signer(key),
-            recipients=[load_recipient(r) for r in recipient],
-            client=client,
-            out=out_file or Path(f"{name}-{version}.sealed"),
-            progress=update,
-            reference=_reference_rows(reference, reference_rows),
-            reference_source=f"public data {reference.name}" if reference else "",
-        )
+    # what would refuse the push after the gates is checked before them: keys, client TLS files, the token
+    signer, recipients = load_signer(key), [load_recipient(r) for r in recipient]
+    rows = _reference_rows(reference, reference_rows)
+    with _client(address, dir, token, cert) as client:
+        check_token_fresh(client.target.token)
+        report = check(onnx_bytes, baseline.read_bytes() if baseline else None, x, y, gates, prov, audit_data=audit)
+        out.print(report.table())
+        bar, update = _progress(f"push {name} v{version}")
+        with bar:
+            resp = release(
+                files or candidate,
+                name=name,
+                version=version,
+                report=report,
+                provenance=prov,
+                signer=signer,
+                recipients=recipients,
+                client=client,
+                out=out_file or Path(f"{name}-{version}.sealed"),
+                progress=update,
+                reference=rows,
+                reference_source=f"public data {reference.name}" if reference else "",
+            )
     out.print(f"released {resp.name} v{resp.version}: all gates passed, sealed and pushed", highlight=False)
 
 

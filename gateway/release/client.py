@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import jwt
 
 from gateway.auth.tls import channel_credentials
 from gateway.errors import InvalidInput, SealgateError
@@ -184,6 +185,19 @@ def push_summary(resp: pb.PushResponse) -> str:
     if resp.already_stored:
         return f"already stored {resp.name} v{resp.version} ({resp.size} bytes, identical): {state}; nothing changed"
     return f"pushed {resp.name} v{resp.version} ({resp.size} bytes): {state}"
+
+
+def check_token_fresh(token: str) -> None:
+    """Refuse a bearer token that is no JWT or has expired, before long work (a release's gates) that the
+    gateway would then refuse. A convenience only: the gateway verifies every token itself."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": True})
+    except jwt.ExpiredSignatureError:
+        raise SealgateError("the token has expired: mint a new one (`sealgate token`)") from None
+    except jwt.InvalidTokenError:
+        raise SealgateError("the token is not a JWT (see `sealgate token`)") from None
+    if not isinstance(claims.get("exp"), int | float):
+        raise SealgateError("the token has no expiry (`exp`); the gateway refuses such tokens")
 
 
 def token_from_env(token: str | None) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
+import jwt
 import numpy as np
 import pytest
 
@@ -298,3 +300,28 @@ def test_every_private_key_every_user_can_read_is_refused(
     if key != "server.key":  # (serving would not return; the other verbs end)
         done = sealgate(tmp_path, *verbs[key])
         assert "every user" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("problem", ["expired token", "no JWT", "loose signing key", "missing reference"])
+def test_release_refuses_what_would_fail_the_push_before_running_its_gates(
+    folder: Folder, closed_port: int, tmp_path: Path, problem: str
+) -> None:
+    """Before: the gates ran (minutes on a real model), then the token, the signing key or the reference rows
+    failed the push. Now checked first: no gate table on stdout, nothing sealed."""
+    np.savez(tmp_path / "data.npz", x=np.ones((8, 4), np.float32), y=np.zeros(8, np.int64))
+    key = tmp_path / "signing.key"
+    key.write_bytes((folder.certs / "signing.key").read_bytes())
+    key.chmod(0o644 if problem == "loose signing key" else 0o600)
+    token = {
+        "expired token": jwt.encode({"sub": "ops", "exp": int(time.time()) - 60}, "k" * 32, algorithm="HS256"),
+        "no JWT": "not-a-jwt",
+    }.get(problem, jwt.encode({"sub": "ops", "exp": int(time.time()) + 600}, "k" * 32, algorithm="HS256"))
+    extra = ["--reference", "gone.npz"] if problem == "missing reference" else []
+    result = sealgate(
+        tmp_path, "release", folder.model, "--name", "mlp", "--version", "2", "--data", "data.npz",
+        "--key", key, "--recipient", folder.certs / "gateway.pub", *extra,
+        "--token", token, "--address", f"127.0.0.1:{closed_port}", "--dir", folder.certs,
+    )  # fmt: skip
+    needle = {"expired token": "expired", "no JWT": "not a JWT", "loose signing key": "every user"}
+    refused(result, needle.get(problem, "gone.npz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "signing.key"], "nothing sealed"
