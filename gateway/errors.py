@@ -66,6 +66,10 @@ class Unavailable(SealgateError):
     """The server or model is not ready."""
 
 
+class StorageFull(SealgateError):
+    """The model repository's file system has no space (or quota) left: nothing was stored."""
+
+
 class ModelFailed(SealgateError):
     """The model raised while running (an error inside the runtime, not the request's shape): INTERNAL, as an
     in-process runtime error is; its text stays in the gateway's log."""

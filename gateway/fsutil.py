@@ -7,13 +7,14 @@ here, so a reader only ever sees the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SealgateError, StorageFull, Unavailable
 
 
 def file_stamp(path: Path, what: str = "file") -> tuple[int, int, int]:
@@ -125,6 +126,16 @@ def write_secret(path: Path, data: bytes, force: bool = False) -> Path:
 def write_public(path: Path, data: bytes, force: bool = False) -> Path:
     """Write a public file (certificate, public key, JWKS) with mode 0644, atomically, no clobber."""
     return write_file(path, data, 0o644, force)
+
+
+def write_refused(exc: OSError, what: str) -> SealgateError | OSError:
+    """A write the file system refused, typed for the client: no space or quota left (StorageFull), a
+    read-only or forbidden place (Unavailable); any other OSError is returned as it is (a server failure)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"{what}: no space left on the repository's file system; nothing was stored")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return Unavailable(f"{what}: the repository cannot be written ({os.strerror(exc.errno)}); nothing was stored")
+    return exc
 
 
 def check_private_mode(path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.config import ServerConfig
 from gateway.errors import InvalidInput, StreamTimeout, TooLarge, clip
+from gateway.fsutil import write_refused
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
 from gateway.server.guard import IN_STREAM, Call, Guard, PeerCache, guarded
@@ -165,8 +166,11 @@ class ReleaseService(pb_grpc.ReleaseServicer):
     async def _receive(self, requests: AsyncIterator[pb.PushRequest], meta: pb.ArtifactMetadata) -> Path:
         """Write the chunks to a temp file in the repository; verify count and digest; fsync."""
         root = self.manager.repo.root
-        root.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".push-", suffix=".tmp", dir=root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".push-", suffix=".tmp", dir=root)
+        except OSError as exc:
+            raise write_refused(exc, "push") from None
         path = Path(name)
         h, size = hashlib.sha256(), 0
         try:
@@ -186,6 +190,9 @@ class ReleaseService(pb_grpc.ReleaseServicer):
             if h.hexdigest() != meta.sha256.lower():
                 raise InvalidInput("the received bytes do not match metadata.sha256")
             return path
+        except OSError as exc:  # a full or read-only file system: typed for the client, nothing left behind
+            path.unlink(missing_ok=True)
+            raise write_refused(exc, "push") from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -24,6 +24,7 @@ from gateway.errors import (
     PermissionDenied,
     RollbackRefused,
     SealgateError,
+    StorageFull,
     StreamTimeout,
     TooLarge,
     Unauthenticated,
@@ -45,6 +46,7 @@ TABLE: dict[type[SealgateError], Codes] = {
     TooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     StreamTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, 408),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    StorageFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, 507),  # 507 Insufficient Storage
     Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401),
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403),
     ConfigError: (grpc.StatusCode.FAILED_PRECONDITION, 500),

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError, InvalidInput, RollbackRefused, clip
-from gateway.fsutil import atomic_write
+from gateway.fsutil import atomic_write, write_refused
 from gateway.serving.repository import check_name
 from gateway.versions import check_version
 
@@ -314,13 +314,16 @@ class LedgerFile:
 
         If `step` raises, nothing is written. Unchanged results are not rewritten.
         """
-        with self._lock, self._file_lock():
-            current = self.load()
-            after = step(current)
-            if after != current:
-                Ledger.parse(after.to_json())  # never write what could not be read back
-                atomic_write(self.path, after.dumps(), 0o644, force=True)
-            return after
+        try:
+            with self._lock, self._file_lock():
+                current = self.load()
+                after = step(current)
+                if after != current:
+                    Ledger.parse(after.to_json())  # never write what could not be read back
+                    atomic_write(self.path, after.dumps(), 0o644, force=True)
+                return after
+        except OSError as exc:  # a full or read-only file system: the old ledger stands (atomic_write)
+            raise write_refused(exc, "the repository state") from None
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
