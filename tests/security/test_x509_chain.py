@@ -8,6 +8,7 @@ the dev client is still served afterwards.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +209,6 @@ def test_anonymous_and_foreign_bundle(env: harness.Env, tmp_path: Path) -> None:
     mint_dir = tmp_path / "mint"
     mint_dir.mkdir()
     for name in ("ca.pem", "ca.key"):
-        (mint_dir / name).write_bytes((env.certs / name).read_bytes())
+        shutil.copy(env.certs / name, mint_dir / name)  # the key keeps its mode 0600
     leaf: Minted = mint(mint_dir, "plain", spiffe=None)
     assert len(verifier.chain_ids(peer_from_cert(leaf.pem.read_bytes()))) == 2  # no SAN: the DN names it
