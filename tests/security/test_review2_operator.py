@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
 from gateway.errors import ConfigError, InvalidInput
 from gateway.fsutil import check_private_mode
-from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
-from gateway.server.app import GatewayThread
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.serving.ledger import STATE_NAME, LedgerFile
 from gateway.versions import check_name
 from tests import harness
 from tests.models import make_onnx_mlp
-from tests.security._grpc import channel, raw_request, stub
+from tests.security import _release as release
 
 NAME = "rel"
 IN_DIM = 4
@@ -56,29 +52,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> harness.Env:
 
 @pytest.fixture(scope="module")
 def gateway(env: harness.Env) -> Iterator[Any]:
-    with GatewayThread(env.config) as gw:
-        deadline = time.time() + 60
-        while _states(env, gw).get(1) != "SERVING":
-            assert time.time() < deadline, "rel v1 never served"
-            time.sleep(0.1)
+    with release.serving(env, NAME) as gw:
         yield gw
 
 
 def _client(env: harness.Env, gateway: Any, model: str = NAME) -> ReleaseClient:
-    target = GatewayTarget(
-        f"127.0.0.1:{gateway.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, f"release:{model} fetch:{model}"),
-    )
-    return ReleaseClient(target, timeout_s=60)
+    return release.client(env, gateway, model)
 
 
 def _states(env: harness.Env, gateway: Any, model: str = NAME) -> dict[int, str]:
-    with _client(env, gateway, model) as c:
-        listed = c.list(model).models
-    return {v.version: pb.VersionStatus.State.Name(v.state) for m in listed for v in m.versions}
+    return release.states(env, gateway, model)
 
 
 def _repository(env: harness.Env) -> dict[str, tuple[int, int]]:
@@ -92,10 +75,7 @@ def _repository(env: harness.Env) -> dict[str, tuple[int, int]]:
 
 
 def _served_version(env: harness.Env, gateway: Any) -> str:
-    md = (("authorization", "Bearer " + harness.token(env, f"infer:{NAME}")),)
-    req = raw_request(NAME, "FP32", [1, IN_DIM], np.ones((1, IN_DIM), np.float32).tobytes())
-    with channel(env, gateway) as chan:
-        return str(stub(chan).ModelInfer(req, metadata=md, timeout=30).model_version)
+    return release.served_version(env, gateway, NAME, IN_DIM)
 
 
 def test_hand_dropped_repository_files_are_ignored_or_refused_never_served(

@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
-from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
-from gateway.server.app import GatewayThread
+from gateway.release.client import ReleaseClient, RemoteError
 from tests import harness
 from tests.models import make_onnx_mlp
-from tests.security._grpc import channel, raw_request, stub
+from tests.security import _release as release
 
 NAME = "disk"
 
@@ -49,33 +46,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Env]:
 
 @pytest.fixture(scope="module")
 def gateway(env: harness.Env) -> Iterator[Any]:
-    with GatewayThread(env.config) as gw:
-        deadline = time.time() + 60
-        while _states(env, gw).get(1) != "SERVING":
-            assert time.time() < deadline, "v1 never served"
-            time.sleep(0.1)
+    with release.serving(env, NAME) as gw:
         yield gw
 
 
 def _client(env: harness.Env, gateway: Any) -> ReleaseClient:
-    token = harness.token(env, f"release:{NAME} fetch:{NAME}")
-    certs = env.certs
-    address = f"127.0.0.1:{gateway.grpc_port}"
-    target = GatewayTarget(address, certs / "ca.pem", certs / "client.pem", certs / "client.key", token)
-    return ReleaseClient(target, timeout_s=60)
+    return release.client(env, gateway, NAME)
 
 
 def _states(env: harness.Env, gateway: Any) -> dict[int, str]:
-    with _client(env, gateway) as c:
-        listed = c.list(NAME).models
-    return {v.version: pb.VersionStatus.State.Name(v.state) for m in listed for v in m.versions}
+    return release.states(env, gateway, NAME)
 
 
 def _served(env: harness.Env, gateway: Any) -> str:
-    md = (("authorization", "Bearer " + harness.token(env, f"infer:{NAME}")),)
-    req = raw_request(NAME, "FP32", [1, 4], np.ones((1, 4), np.float32).tobytes())
-    with channel(env, gateway) as chan:
-        return str(stub(chan).ModelInfer(req, metadata=md, timeout=30).model_version)
+    return release.served_version(env, gateway, NAME, 4)
 
 
 def _snapshot(env: harness.Env) -> dict[str, bytes]:
