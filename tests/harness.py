@@ -22,6 +22,7 @@ from gateway.artifact.sealed import seal_to_file
 from gateway.auth import pki
 from gateway.auth.tokens import mint_token
 from gateway.config import Config, load_config
+from gateway.release.client import GatewayTarget, ReleaseClient
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,21 @@ def token(env: Env, scopes: str = "infer:*", sub: str = "tester", ttl: int = 600
     return mint_token(
         env.certs / "jwt-issuer.key", env.certs / "jwks.json", sub, scopes.split(), ttl=ttl, bind_cert=cert
     )
+
+
+def release_target(env: Env, address: int | str, scopes: str, ttl: int = 600) -> GatewayTarget:
+    """How the release client reaches a gateway (a loopback port, or "host:port") with the default client
+    certificate and a token for `scopes`."""
+    where = f"127.0.0.1:{address}" if isinstance(address, int) else address
+    certs = env.certs
+    return GatewayTarget(
+        where, certs / "ca.pem", certs / "client.pem", certs / "client.key", token(env, scopes, ttl=ttl)
+    )
+
+
+def release_client(env: Env, address: int | str, scopes: str, timeout_s: float = 60.0) -> ReleaseClient:
+    """The release client `sealgate push` uses, on `release_target(env, address, scopes)`."""
+    return ReleaseClient(release_target(env, address, scopes), timeout_s=timeout_s)
 
 
 def kid(env: Env) -> str:

@@ -35,7 +35,7 @@ import pytest
 
 from gateway.ops.health import check
 from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.serving.ledger import LedgerFile
 from tests import harness
 from tests.models import make_onnx_mlp
@@ -105,10 +105,7 @@ class Cluster:
 
     def release_client(self, address: str, scopes: str = "release:mlp fetch:mlp") -> ReleaseClient:
         """The release client `sealgate push` uses, pointed at `address`."""
-        certs = self.env.certs
-        target = GatewayTarget(address, certs / "ca.pem", certs / "client.pem", certs / "client.key",
-                               harness.token(self.env, scopes))  # fmt: skip
-        return ReleaseClient(target, timeout_s=60)
+        return harness.release_client(self.env, address, scopes)
 
     def server_states(self, backend: str = "be") -> dict[str, str]:
         """HAProxy's view of each replica in `backend`: UP, DOWN, ... (`show stat` on its admin socket)."""

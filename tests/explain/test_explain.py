@@ -260,17 +260,11 @@ def test_release_path_seals_a_public_reference(env: harness.Env, gateway: Gatewa
     data, and the pushed version is explainable at once; the demo's explain step works on it."""
     from gateway.artifact.keys import load_recipient, load_signer
     from gateway.demo import explain_prediction
-    from gateway.release.client import GatewayTarget, ReleaseClient
+    from gateway.release.client import ReleaseClient
     from gateway.release.publish import release
     from gateway.release.report import GateReport, GateResult
 
-    target = GatewayTarget(
-        f"127.0.0.1:{gateway.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, "release:digits"),
-    )
+    target = harness.release_target(env, gateway.grpc_port, "release:digits")
     report = GateReport([GateResult("no_nan", "passed", 0.0, 0.0, "no NaN")])
     with ReleaseClient(target) as client:
         release(

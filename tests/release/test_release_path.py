@@ -19,7 +19,7 @@ from gateway.artifact.keys import generate_identity_files, load_identity, load_t
 from gateway.artifact.sealed import TrustStore, open_artifact
 from gateway.errors import NotARecipient
 from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.server.app import GatewayThread
 from tests import harness
 from tests.models import make_onnx_mlp, mlp_reference
@@ -51,13 +51,7 @@ def gateway(env: harness.Env) -> Iterator[Any]:
 
 
 def _client(env: harness.Env, gateway: Any, scopes: str) -> ReleaseClient:
-    target = GatewayTarget(
-        f"127.0.0.1:{gateway.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, scopes),
-    )
+    target = harness.release_target(env, gateway.grpc_port, scopes)
     return ReleaseClient(target, timeout_s=60)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient
+from gateway.release.client import ReleaseClient
 from gateway.server.app import GatewayThread
 from tests import harness
 from tests.security._grpc import channel, raw_request, stub
@@ -31,14 +31,7 @@ def serving(env: harness.Env, model: str, timeout: float = 60.0) -> Iterator[Any
 
 def client(env: harness.Env, gateway: Any, model: str) -> ReleaseClient:
     """A release client with `release:` and `fetch:` scope on `model`."""
-    target = GatewayTarget(
-        f"127.0.0.1:{gateway.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, f"release:{model} fetch:{model}"),
-    )
-    return ReleaseClient(target, timeout_s=60)
+    return harness.release_client(env, gateway.grpc_port, f"release:{model} fetch:{model}")
 
 
 def states(env: harness.Env, gateway: Any, model: str) -> dict[int, str]:

@@ -28,7 +28,7 @@ from gateway.backends import load_model
 from gateway.backends.onnx_policy import MAX_DEPTH, check_onnx_model
 from gateway.errors import UnsafeModel
 from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.server.app import GatewayThread
 from tests import harness
 from tests.models import ONNX_OPSET, make_onnx_mlp, make_tf_savedmodel, mlp_reference, read_tree
@@ -280,13 +280,7 @@ def gateway(env: harness.Env) -> Iterator[Any]:
 
 def _release(env: harness.Env, gateway: Any) -> ReleaseClient:
     """A release client over mTLS with a token allowed to push the attack models."""
-    target = GatewayTarget(
-        f"127.0.0.1:{gateway.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, f"release:{EVIL} release:tfevil release:tfgood"),
-    )
+    target = harness.release_target(env, gateway.grpc_port, f"release:{EVIL} release:tfevil release:tfgood")
     return ReleaseClient(target, timeout_s=120)
 
 

@@ -23,7 +23,7 @@ from gateway.artifact.sealed import inspect, seal_to_file
 from gateway.errors import ArtifactError, InvalidInput
 from gateway.protos.sealgate.v1 import release_pb2 as pb
 from gateway.protos.sealgate.v1 import release_pb2_grpc as pb_grpc
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError, push_summary
+from gateway.release.client import ReleaseClient, RemoteError, push_summary
 from gateway.server import release as release_service
 from gateway.server.app import GatewayThread
 from gateway.server.limits import BACKSTOP_FACTOR
@@ -79,13 +79,7 @@ def _sealed(env: harness.Env, tmp: Path, version: int, recipients: list[Path] | 
 
 
 def _client(env: harness.Env, gateway: Any, scopes: str = f"release:{NAME} fetch:{NAME}") -> ReleaseClient:
-    target = GatewayTarget(
-        f"127.0.0.1:{gateway.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, scopes),
-    )
+    target = harness.release_target(env, gateway.grpc_port, scopes)
     return ReleaseClient(target, timeout_s=60)
 
 

@@ -25,7 +25,7 @@ from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProt
 from gateway.backends.onnx_policy import check_onnx_model
 from gateway.backends.tf_policy import check_saved_model
 from gateway.errors import UnsafeModel
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.server.app import GatewayThread
 from tests import harness
 from tests.models import ONNX_OPSET
@@ -246,13 +246,7 @@ def test_tf_nested_attr_push_is_refused_on_the_live_gateway(tmp_path: Path) -> N
     env = harness.make_env(tmp_path).with_config(server={"rest": False, "metrics_address": ""})
     sealed = harness.seal_model(env, "tfevil", 1, _saved_model("func"), out=tmp_path / "evil.sealed")
     with GatewayThread(env.config) as gw:
-        target = GatewayTarget(
-            f"127.0.0.1:{gw.grpc_port}",
-            env.certs / "ca.pem",
-            env.certs / "client.pem",
-            env.certs / "client.key",
-            harness.token(env, "release:tfevil"),
-        )
+        target = harness.release_target(env, gw.grpc_port, "release:tfevil")
         with ReleaseClient(target, timeout_s=60) as client:
             with pytest.raises(RemoteError) as refused:
                 client.push(sealed, "tfevil", 1)

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from tritonclient.utils import InferenceServerException
 
-from gateway.release.client import GatewayTarget, ReleaseClient
+from gateway.release.client import ReleaseClient
 from gateway.server import tracing
 from gateway.server.app import GatewayThread
 from gateway.server.guard import Guard
@@ -210,13 +210,7 @@ def test_a_push_traces_verify_smoke_test_and_swap_under_the_push(
     gw, exported = traced
     trace_id, span_id, parent = _ids()
     sealed = harness.seal_model(env, "mlp", 2, make_onnx_mlp(IN_DIM, (16,), 2, seed=1), out=tmp_path / "2.sealed")
-    target = GatewayTarget(
-        f"127.0.0.1:{gw.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, "release:mlp"),
-    )
+    target = harness.release_target(env, gw.grpc_port, "release:mlp")
     with ReleaseClient(target) as client:
         client.metadata = (*client.metadata, ("traceparent", parent))
         client.push(sealed, "mlp", 2)

@@ -25,7 +25,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.serving.ledger import LedgerFile
 from tests import harness
 from tests.models import make_onnx_mlp
@@ -128,13 +128,7 @@ def three(env: harness.Env) -> Iterator[Served]:
 
 def test_racing_pushes_to_three_workers_never_lower_a_version(env: harness.Env, three: Served, tmp_path: Path) -> None:
     assert len(set(three.serving().values())) == 3
-    target = GatewayTarget(
-        f"127.0.0.1:{three.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, "release:mlp"),
-    )
+    target = harness.release_target(env, three.grpc_port, "release:mlp")
     files = {
         v: harness.seal_model(env, "mlp", v, make_onnx_mlp(IN, (8,), 1, seed=v), out=tmp_path / f"{v}.sealed")
         for v in range(2, 9)

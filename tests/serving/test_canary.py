@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.config import load_config
 from gateway.errors import ConfigError, InvalidInput, ModelFailed, Unavailable
 from gateway.protos.sealgate.v1 import release_pb2 as pb
-from gateway.release.client import GatewayTarget, ReleaseClient, RemoteError
+from gateway.release.client import ReleaseClient, RemoteError
 from gateway.release.rollout import rollout_request, rollout_summary
 from gateway.server.app import GatewayThread
 from gateway.server.rollouts import rollout_settings
@@ -169,13 +169,7 @@ def gateway(env: harness.Env) -> Iterator[Any]:
 
 
 def releaser(env: harness.Env, gw: Any) -> ReleaseClient:
-    target = GatewayTarget(
-        f"127.0.0.1:{gw.grpc_port}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, f"release:{NAME} fetch:{NAME}"),
-    )
+    target = harness.release_target(env, gw.grpc_port, f"release:{NAME} fetch:{NAME}")
     return ReleaseClient(target)
 
 

@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 
 from gateway.artifact.keys import load_identity, load_trusted
 from gateway.artifact.sealed import TrustStore, open_artifact
-from gateway.release.client import GatewayTarget, ReleaseClient
+from gateway.release.client import ReleaseClient
 from gateway.server.ports import free_loopback_port
 from tests import harness
 from tests.models import make_onnx_mlp
@@ -77,13 +77,7 @@ def test_sigkill_during_push_twenty_times(tmp_path: Path) -> None:
         v: harness.seal_model(env, "big", v, make_onnx_mlp(IN, HIDDEN, 1, seed=v), out=tmp_path / f"{v}.sealed")
         for v in range(2, ROUNDS + 2)
     }
-    target = GatewayTarget(
-        f"127.0.0.1:{gport}",
-        env.certs / "ca.pem",
-        env.certs / "client.pem",
-        env.certs / "client.key",
-        harness.token(env, "release:big", ttl=3600),
-    )
+    target = harness.release_target(env, gport, "release:big", ttl=3600)
     rng = random.Random(1234)
     proc = _start(env)
     try:
