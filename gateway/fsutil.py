@@ -1,4 +1,5 @@
-"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder.
+"""Crash-safe file writes (temp file in the same folder, fsync, rename, fsync the folder), and the two file
+rules around them: the mode a private key may have, and how a write the file system refused reaches a client.
 
 Every write that must survive a crash (keys, certificates, repository artifacts and state) goes through
 here, so a reader only ever sees the old file or the new one, never half of one.
