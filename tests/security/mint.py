@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.auth import pki
+from gateway.auth.keyfiles import write_private_key
 
 DEV_SPIFFE = pki.client_spiffe_id("dev")
 
@@ -92,9 +93,7 @@ def mint(
         chain += issuer.cert.public_bytes(serialization.Encoding.PEM)
     pem, key_path = certs / f"{name}.pem", certs / f"{name}.key"
     pem.write_bytes(chain)
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    write_private_key(key_path, key, force=True)  # 0600, as every private key sealgate writes
     return Minted(cert, key, pem, key_path)
 
 
