@@ -7,9 +7,7 @@ with "error:" and never a traceback.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +17,8 @@ from gateway.artifact.keys import KEM_HYBRID, generate_identity_files, load_iden
 from gateway.artifact.sealed import SIGNATURE
 from gateway.artifact.signing import key_id
 from gateway.auth import pki
+from tests.e2e.cli_world import sealgate as run_cli
 from tests.models import make_onnx_mlp, read_tree
-
-SEALGATE = Path(sys.executable).with_name("sealgate")
 
 
 @dataclass(frozen=True)
@@ -36,11 +33,8 @@ class Setup:
 
 
 def sealgate(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed `sealgate` console script."""
-    env = {**os.environ, "COLUMNS": "80"}
-    return subprocess.run(
-        [str(SEALGATE), *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
-    )
+    """Run the installed `sealgate` console script (in `cwd`, else here): the CLI suites' one runner."""
+    return run_cli(cwd or Path.cwd(), *args)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> str:
