@@ -46,7 +46,6 @@ from gateway.errors import (
     SealgateError,
     Unavailable,
 )
-from gateway.fsutil import write_refused
 from gateway.serving.canary import (
     ROLLBACK,
     Decision,
@@ -680,8 +679,6 @@ class ModelManager:
         with self._name_lock(name):
             try:
                 return self._accept(name, version, received, store_only, (rollout, percent, sticky))
-            except OSError as exc:  # storing or the ledger failed: nothing stored, the version not consumed
-                raise write_refused(exc, f"model {name!r} version {version}") from None
             finally:
                 self.repo.discard(received)
                 self._report()

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from gateway.errors import ConfigError, RollbackRefused
-from gateway.fsutil import atomic_write, fsync_dir
+from gateway.fsutil import atomic_write, fsync_dir, write_refused
 from gateway.versions import MAX_VERSION_DIGITS
 from gateway.versions import NAME_PATTERN as NAME_PATTERN
 from gateway.versions import check_name as check_name
@@ -134,18 +134,24 @@ class Repository:
         if not folder.is_dir():
             if folder.exists() or folder.is_symlink():  # a file (or dangling link) dropped in by hand
                 raise ConfigError(f"cannot store model {name!r}: its place in the repository is not a folder")
-            folder.mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.root)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.root)
+            except OSError as exc:
+                raise write_refused(exc, f"model {name!r}") from None
         if target.exists():
             raise RollbackRefused(f"model {name!r} version {version} is already stored")
-        if isinstance(src, str | Path):
-            src = Path(src)
-            if self._inside(src):
-                self._move_into_place(src, target)
+        try:
+            if isinstance(src, str | Path):
+                src = Path(src)
+                if self._inside(src):
+                    self._move_into_place(src, target)
+                else:
+                    atomic_write(target, _file_chunks(src), 0o644, force=False)
             else:
-                atomic_write(target, _file_chunks(src), 0o644, force=False)
-        else:
-            atomic_write(target, src, 0o644, force=False)
+                atomic_write(target, src, 0o644, force=False)
+        except OSError as exc:  # a full or read-only file system: typed for the client (fsutil.write_refused)
+            raise write_refused(exc, f"model {name!r} version {version}") from None
         return target
 
     def _inside(self, path: Path) -> bool:

@@ -5,7 +5,6 @@ tmpfs of 256 KiB (mounting needs root: skipped where it cannot be mounted)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,10 +14,13 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway.errors import StorageFull, Unavailable
 from gateway.release.client import ReleaseClient, RemoteError
+from gateway.serving.repository import Repository
 from tests import harness
 from tests.models import make_onnx_mlp
 from tests.security import _release as release
+from tests.security._grpc import records
 
 NAME = "disk"
 
@@ -66,12 +68,6 @@ def _snapshot(env: harness.Env) -> dict[str, bytes]:
     return {p.relative_to(env.models).as_posix(): p.read_bytes() for p in env.models.rglob("*") if p.is_file()}
 
 
-def _audited(env: harness.Env, status: str) -> list[dict[str, Any]]:
-    time.sleep(0.3)  # the recorder writes its batch every 20 ms
-    lines = [json.loads(line) for line in (env.root / "audit.log").read_text().splitlines()]
-    return [r for r in lines if r.get("method") == "grpc:Push" and r.get("status") == status]
-
-
 def test_a_push_larger_than_the_free_space_is_refused_and_consumes_nothing(
     env: harness.Env, gateway: Any, tmp_path: Path
 ) -> None:
@@ -84,7 +80,7 @@ def test_a_push_larger_than_the_free_space_is_refused_and_consumes_nothing(
     assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
     assert "no space left" in str(refused.value) and "nothing was stored" in str(refused.value)
     assert _snapshot(env) == before, "no partial artifact, no temp file, the ledger as it was"
-    assert _audited(env, "RESOURCE_EXHAUSTED"), "the refusal is audited"
+    assert records(env, gateway, "grpc:Push", "RESOURCE_EXHAUSTED"), "the refusal is audited"
     assert _states(env, gateway) == {1: "SERVING"} and _served(env, gateway) == "1"
     small = harness.seal_model(env, NAME, 2, make_onnx_mlp(4, (4,), 1, seed=3), out=tmp_path / "small.sealed")
     with _client(env, gateway) as c:
@@ -106,7 +102,26 @@ def test_a_read_only_repository_refuses_a_push_as_unavailable(env: harness.Env, 
             c.push(artifact, NAME, 3)
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE, refused.value
         assert "cannot be written" in str(refused.value)
-        assert _audited(env, "UNAVAILABLE"), "the refusal is audited"
+        assert records(env, gateway, "grpc:Push", "UNAVAILABLE"), "the refusal is audited"
         assert _snapshot(env) == before and _served(env, gateway) == serving
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(env.models)], check=True)
+
+
+def test_storing_into_a_full_or_read_only_repository_is_typed_and_leaves_nothing(env: harness.Env) -> None:
+    """The repository's own write (what a push, a fetch-only store or a copy-in end in): StorageFull or
+    Unavailable, never a bare OSError; no file left in the model's folder."""
+    repo = Repository(env.models)
+    before = _snapshot(env)
+    with pytest.raises(StorageFull, match="no space left"):
+        repo.store(NAME, 90, bytes(1 << 20))  # 1 MiB into the 256 KiB file system
+    assert _snapshot(env) == before
+    assert subprocess.run(["mount", "-o", "remount,ro", str(env.models)]).returncode == 0
+    try:
+        with pytest.raises(Unavailable, match="cannot be written"):
+            repo.store(NAME, 91, b"small")
+        with pytest.raises(Unavailable, match="cannot be written"):
+            repo.store("newmodel", 1, b"small")  # a model folder that must be made first
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(env.models)], check=True)
+    assert _snapshot(env) == before
