@@ -112,14 +112,16 @@ async def load(
             await client.infer("mlp", [inp], headers=headers)
             latencies.append(time.perf_counter() - t0)
 
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, own0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    own = time.process_time() - own0
     await client.close()
     lat = np.array(latencies)
     return {
         "rps": len(lat) / elapsed,
         "cpu_us": cpu / len(lat) * 1e6,
+        "client_cpu_us": own / len(lat) * 1e6,
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
     }

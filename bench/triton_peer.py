@@ -2,11 +2,13 @@
 
 Both servers serve the same 64-256-256-1 MLP (the same ONNX bytes, built as bench/serve_bench.py builds it) over
 mutual TLS, and the same `tritonclient.grpc.aio` closed loop drives them, interleaved, at each concurrency:
-requests/s, p50, p99 and the server's CPU time per request (its whole process tree, from /proc); medians over
-repeats. Prints a markdown table and writes JSON.
+requests/s, p50, p99, the server's CPU time per request (its whole process tree, from /proc) and the client's
+(its own process: with client and server on the same cores, what one costs the other); medians over repeats.
+Prints a markdown table and writes JSON.
 
 - sealgate: mTLS + JWT + audit, sealed model (as serve_bench.py starts it), in the variants asked for:
-  `gw` (in-process), `batch` (`[batching] enabled`), `iso` (`[backend] isolation = "process"`), `iso-batch`.
+  `gw` (in-process), `batch` (`[batching] enabled`), `iso` (`[backend] isolation = "process"`), `iso-batch`;
+  the isolated ones with `--worker-slots` (default 1: one call at a time, as Triton's one model instance).
 - Triton: PyTriton's bundled tritonserver 2.51 has only the Python backend (no ONNX Runtime backend), so the model
   runs in a PyTriton Python callable calling ONNX Runtime (same session options as sealgate's), with Triton's
   dynamic batcher (same max batch size and queue delay as sealgate's `[batching]`) and its gRPC front end with
@@ -19,7 +21,7 @@ otherwise links the system libpython and fails).
 
     python bench/triton_peer.py [--triton-python .venv-triton/bin/python] [--seconds 5] [--repeats 3]
         [--concurrency 1 64] [--variants gw batch iso iso-batch] [--intra-op-threads 1]
-        [--max-batch-size 64] [--max-queue-delay-us 500] [--json build/triton_peer.json]
+        [--max-batch-size 64] [--max-queue-delay-us 500] [--worker-slots 1] [--json build/triton_peer.json]
 
 `python bench/triton_peer.py serve-triton ...` is the Triton side (run by the benchmark, in .venv-triton).
 """
@@ -139,6 +141,8 @@ def gateway_toml(base: str, name: str, ports: tuple[int, int], defaults: tuple[i
     features = VARIANTS[name][1].split()
     text += f"\n[backend]\nintra_op_threads = {args.intra_op_threads}\n"
     text += f'isolation = "{"process" if "isolation" in features else "none"}"\n'
+    if "isolation" in features:
+        text += f"worker_slots = {args.worker_slots}\n"
     if "batching" in features:
         text += (
             f"\n[batching]\nenabled = true\nmax_batch_size = {args.max_batch_size}\n"
@@ -150,8 +154,9 @@ def gateway_toml(base: str, name: str, ports: tuple[int, int], defaults: tuple[i
 def markdown(results: dict[str, Any], labels: dict[str, str], concurrency: list[int]) -> str:
     """One row per server and concurrency, and each sealgate variant's ratios to Triton."""
     lines = [
-        "| server | conc | req/s | p50 ms | p99 ms | CPU/req µs | req/s vs Triton | p50 vs Triton |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | conc | req/s | p50 ms | p99 ms | CPU/req µs | client CPU/req µs | req/s vs Triton "
+        "| p50 vs Triton |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in concurrency:
         tri = results[str(c)].get("triton")
@@ -163,7 +168,7 @@ def markdown(results: dict[str, Any], labels: dict[str, str], concurrency: list[
             )
             lines.append(
                 f"| {labels[key]} | {c} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                f"{m['cpu_us']:,.0f} | {ratio} |"
+                f"{m['cpu_us']:,.0f} | {m['client_cpu_us']:,.0f} | {ratio} |"
             )
     return "\n".join(lines)
 
@@ -213,6 +218,12 @@ def main() -> None:
     ap.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads, every server")
     ap.add_argument("--max-batch-size", type=int, default=64, help="dynamic batching, sealgate and Triton")
     ap.add_argument("--max-queue-delay-us", type=int, default=500, help="dynamic batching, sealgate and Triton")
+    ap.add_argument(
+        "--worker-slots",
+        type=int,
+        default=1,
+        help="[backend] worker_slots of the isolated variants (1: one call at a time, as Triton's one model instance)",
+    )
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "triton_peer.json")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary folder (certs, configs, logs)")
     args = ap.parse_args()

@@ -141,6 +141,7 @@ class BatchingSection:
     max_queue_delay_us: int = 500  # the longest the oldest request waits for a fuller batch
     preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when a batch of one of these sizes forms
     max_queue_size: int = 1024  # waiting requests per model; beyond: RESOURCE_EXHAUSTED
+    idle_wait: bool = False  # true: a lone request waits max_queue_delay_us even with no other coming (Triton)
     # per-model overrides of the keys above, as [batching.per_model.NAME] tables (a table opts its model in)
     per_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

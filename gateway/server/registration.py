@@ -11,10 +11,16 @@ Every service is added as a generic handler only, not by registered method name:
 pending request per registered method and waits on all of them (asyncio.wait) for every call it accepts, so
 the cost of a call grew with the number of methods (27 here: 10-24 µs a call, measured). A generic handler
 is one pending request and one dictionary lookup per call.
+
+A unary answer goes to gRPC one event-loop turn after the handler returns it: when a dynamic batch finishes,
+each of its calls first ends its own work (encoding, audit), then all answers are sent back to back, and the
+client and both event loops handle the wave in fewer wake-ups (with batching under load: about 10% more
+requests/s, measured in bench/triton_peer.py; no change unbatched).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -71,6 +77,8 @@ def _unread(behaviour: Any) -> Any:
         return answers
 
     async def answer(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        return await behaviour(UNREAD, context)
+        result = await behaviour(UNREAD, context)
+        await asyncio.sleep(0)  # the rest of a finished batch ends its work first: the answers leave together
+        return result
 
     return answer

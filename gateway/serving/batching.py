@@ -9,6 +9,11 @@ exactly per request. A failing batch fails each of its requests with the same ty
 validated against the model before it is queued, so one bad request never fails the others. The queue is
 bounded: beyond `max_queue_size` waiting requests a call is refused with Overloaded (RESOURCE_EXHAUSTED).
 
+One departure from Triton, on by default (`idle_wait = false`): while a model's requests have not overlapped
+for CALM_NS (200 ms), a request runs at once instead of waiting out the delay, since no other request is coming
+to join it: one caller at a time pays no queue delay. The first overlap turns the wait back on, and under load
+a long `max_queue_delay_us` then gathers each wave of concurrent calls into one batch.
+
 Only models whose every input and output has a dynamic leading dimension are batchable: a batch of N rows
 must give N rows back. Batching assumes rows are independent (true of an MLP or a CNN, false of a model that
 normalizes across its batch): that is why it is opt-in per model.
@@ -38,6 +43,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 QUEUE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 MAX_BATCH_SIZE_LIMIT = 1 << 16
 CLOSE_WAIT_S = 10.0
+CALM_NS = 200_000_000  # no request overlapping another this long: a model's lone requests run at once
 
 Result = tuple[dict[str, np.ndarray], int, int]  # outputs, when the batch began (perf_counter_ns), its run in ns
 
@@ -50,6 +56,7 @@ class BatchPolicy:
     max_queue_delay_us: int = 500  # the longest the oldest request waits for a fuller batch
     preferred_batch_sizes: tuple[int, ...] = ()  # dispatch at once when a batch of one of these sizes can be formed
     max_queue_size: int = 1024  # requests waiting; beyond: Overloaded
+    idle_wait: bool = False  # True: a lone request waits out the delay even when no other is coming (Triton)
 
     def check(self, where: str = "[batching]") -> BatchPolicy:
         """Refuse values that cannot work, naming the key; returns self."""
@@ -164,12 +171,15 @@ class BatchingModel:
         self._delay_ns = policy.max_queue_delay_us * 1000
         self._preferred = frozenset(policy.preferred_batch_sizes)
         self._queue: list[_Request] = []
+        self._running = 0  # batches the scheduler thread runs (0 or 1)
+        # when a request last came while another of this model was queued or running (perf_counter_ns)
+        self._overlap_ns = time.perf_counter_ns() - CALM_NS
         self._cond = threading.Condition()
         self._closed = False
         self._loops: dict[asyncio.AbstractEventLoop, _LoopBatcher] = {}  # the async path's queue per event loop
         self._draining = 0  # loops still running batches after close
         linger = getattr(inner, "linger", None)  # an isolated model: its worker stays awake through the delay
-        if callable(linger):
+        if callable(linger) and policy.idle_wait:  # (otherwise a lone call is sent at once)
             linger(policy.max_queue_delay_us)
         self._thread = threading.Thread(target=self._loop, name=f"sealgate-batcher-{name}", daemon=True)
         self._thread.start()
@@ -204,6 +214,8 @@ class BatchingModel:
                 raise Unavailable("model is closed")
             if len(self._queue) >= self.policy.max_queue_size:
                 raise Overloaded(f"the batch queue of model {self.name!r} is full ({self.policy.max_queue_size})")
+            if self._queue or self._running:
+                self._overlap_ns = request.queued_ns
             self._queue.append(request)
             self._cond.notify()
         return future
@@ -288,12 +300,20 @@ class BatchingModel:
         if not full and not closing:
             if preferred_at:
                 picked = picked[:preferred_at]
-            elif not due and time.perf_counter_ns() - head.queued_ns < self._delay_ns:
+            elif not due and self._may_wait(head):
                 return None, queue
         if len(picked) == len(queue):
             return queue, []
         chosen = set(picked)
         return [queue[i] for i in picked], [request for i, request in enumerate(queue) if i not in chosen]
+
+    def _may_wait(self, head: _Request) -> bool:
+        """Whether the head may wait on for a fuller batch: its delay is not over, and either `idle_wait` or this
+        model's requests overlapped within CALM_NS (one caller at a time: no other request is coming to join)."""
+        now = time.perf_counter_ns()
+        if now - head.queued_ns >= self._delay_ns:
+            return False
+        return self.policy.idle_wait or now - self._overlap_ns < CALM_NS
 
     def _loop(self) -> None:
         """Form batches and run them, one at a time, until closed and drained."""
@@ -307,10 +327,15 @@ class BatchingModel:
                         continue
                     batch = self._take()
                     if batch is not None:
+                        self._running = 1
                         break
                     waited = time.perf_counter_ns() - self._queue[0].queued_ns
                     self._cond.wait(max(0.0, (self._delay_ns - waited) / 1e9))
-            self._run(batch)
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._running = 0
 
     def _run(self, batch: list[_Request]) -> None:
         """Run one batch and hand each request its rows, or the batch's error."""
@@ -388,6 +413,8 @@ class _LoopBatcher:
             raise Overloaded(
                 f"the batch queue of model {self.owner.name!r} is full ({self.owner.policy.max_queue_size})"
             )
+        if self.queue or self.running:
+            self.owner._overlap_ns = request.queued_ns
         self.queue.append(request)
         if self.running < self.limit:
             self.pump()
@@ -506,5 +533,9 @@ class Batching:
 def _policy(section: Any) -> BatchPolicy:
     """The BatchPolicy of a [batching] section (or one model's settings)."""
     return BatchPolicy(
-        section.max_batch_size, section.max_queue_delay_us, tuple(section.preferred_batch_sizes), section.max_queue_size
+        section.max_batch_size,
+        section.max_queue_delay_us,
+        tuple(section.preferred_batch_sizes),
+        section.max_queue_size,
+        section.idle_wait,
     )

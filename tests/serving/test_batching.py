@@ -29,7 +29,8 @@ def mlp() -> Iterator[LoadedModel]:
 
 
 def _batcher(inner: LoadedModel, **policy: Any) -> BatchingModel:
-    """A batcher that never closes `inner` (shared by the module's tests)."""
+    """A batcher that never closes `inner` (shared by the module's tests), by Triton's rules (`idle_wait`: a
+    lone request waits its delay, so requests submitted one after another batch) unless `policy` says not."""
 
     class Keep:
         platform, inputs, outputs = inner.platform, inner.inputs, inner.outputs
@@ -38,7 +39,7 @@ def _batcher(inner: LoadedModel, **policy: Any) -> BatchingModel:
         def close(self) -> None:
             pass
 
-    return BatchingModel("m", Keep(), BatchPolicy(**policy))
+    return BatchingModel("m", Keep(), BatchPolicy(**{"idle_wait": True, **policy}))
 
 
 def _rows(n: int, seed: int) -> np.ndarray:
@@ -72,6 +73,48 @@ def test_a_lone_request_waits_at_most_the_queue_delay(mlp: LoadedModel) -> None:
     assert 25 <= waited < 250, waited
 
 
+def _waited_ms(batcher: BatchingModel, seed: int) -> float:
+    """Milliseconds one request (submitted alone, awaited) spent in the queue before its batch began."""
+    started = time.perf_counter_ns()
+    _, began, _ = batcher.submit({"input": _rows(1, seed)}).result(5)
+    return (began - started) / 1e6
+
+
+@pytest.mark.parametrize("path", ["thread", "loop"])
+def test_a_calm_models_lone_requests_run_at_once_and_wait_again_once_requests_overlap(
+    mlp: LoadedModel, path: str
+) -> None:
+    """The default (`idle_wait = false`): one caller at a time pays no queue delay, since nothing is coming to
+    join its request; the first overlap makes the model wait for fuller batches again, for CALM_NS."""
+    batcher = _batcher(mlp, max_batch_size=8, max_queue_delay_us=30_000, idle_wait=False)
+
+    async def lone(seed: int) -> float:
+        started = time.perf_counter_ns()
+        _, began, _ = await batcher.infer_async({"input": _rows(1, seed)})
+        return (began - started) / 1e6
+
+    async def on_loop() -> tuple[list[float], list[Any], float]:
+        calm = [await lone(i) for i in range(5)]
+        pair = await asyncio.gather(*(batcher.infer_async({"input": _rows(1, i)}) for i in (5, 6)))
+        return calm, [began for _, began, _ in pair], await lone(7)
+
+    started = time.perf_counter_ns()
+    try:
+        if path == "loop":
+            calm, pair, after = asyncio.run(on_loop())
+        else:
+            calm = [_waited_ms(batcher, i) for i in range(5)]
+            with batcher._cond:  # both queued before the scheduler thread looks: they overlap
+                futures = [batcher.submit({"input": _rows(1, i)}) for i in (5, 6)]
+            pair = [f.result(5)[1] for f in futures]
+            after = _waited_ms(batcher, 7)
+    finally:
+        batcher.close()
+    assert max(calm) < 10, calm  # no 30 ms delay while calls came one at a time
+    assert (max(pair) - started) / 1e6 >= 25  # the second of an overlapping pair waited for company
+    assert after >= 25, after  # within CALM_NS of an overlap, a lone request waits for company again
+
+
 def test_a_full_or_preferred_batch_goes_at_once(mlp: LoadedModel) -> None:
     for policy in ({"max_batch_size": 4}, {"max_batch_size": 8, "preferred_batch_sizes": (4,)}):
         batcher = _batcher(mlp, max_queue_delay_us=5_000_000, **policy)
@@ -87,7 +130,7 @@ def test_a_full_or_preferred_batch_goes_at_once(mlp: LoadedModel) -> None:
 
 def test_a_failing_batch_fails_each_request_with_the_same_typed_error() -> None:
     gather = load_model(make_onnx_gather(4))
-    batcher = BatchingModel("g", gather, BatchPolicy(max_batch_size=8, max_queue_delay_us=200_000))
+    batcher = BatchingModel("g", gather, BatchPolicy(max_batch_size=8, max_queue_delay_us=200_000, idle_wait=True))
     good = batcher.submit({"index": np.array([1, 2], dtype=np.int64)})
     bad = batcher.submit({"index": np.array([99], dtype=np.int64)})  # passes the spec, fails in ORT
     errors = []
@@ -138,7 +181,9 @@ def test_groups_by_shape_and_runs_oversized_requests_alone() -> None:
     files = {
         "model.onnx": helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]).SerializeToString()
     }
-    batcher = BatchingModel("r", load_model(files), BatchPolicy(max_batch_size=4, max_queue_delay_us=50_000))
+    batcher = BatchingModel(
+        "r", load_model(files), BatchPolicy(max_batch_size=4, max_queue_delay_us=50_000, idle_wait=True)
+    )
     shapes = [(1, 3), (2, 5), (1, 3), (9, 3), (1, 5)]
     xs = [np.random.default_rng(i).standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)]
     barrier = threading.Barrier(len(xs))
@@ -261,7 +306,7 @@ class _Counted:
 
 def test_awaited_requests_batch_on_the_loop_and_split_back_byte_identical(mlp: LoadedModel) -> None:
     inner = _Counted(mlp)
-    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=16, max_queue_delay_us=2_000))
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=16, max_queue_delay_us=2_000, idle_wait=True))
     inputs = [_rows(1 + i % 3, i) for i in range(40)]
 
     async def run() -> list[Any]:
@@ -301,7 +346,7 @@ def test_awaited_requests_run_in_order_one_batch_per_free_slot(mlp: LoadedModel)
 
 def test_close_runs_the_awaited_queue_then_closes_the_model(mlp: LoadedModel) -> None:
     inner = _Counted(mlp)
-    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=64, max_queue_delay_us=5_000_000))
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=64, max_queue_delay_us=5_000_000, idle_wait=True))
 
     async def run() -> list[Any]:
         calls = [asyncio.ensure_future(batcher.infer_async({"input": _rows(1, i)})) for i in range(5)]
@@ -324,7 +369,9 @@ def test_close_runs_the_awaited_queue_then_closes_the_model(mlp: LoadedModel) ->
 
 def test_the_awaited_queue_is_bounded_and_a_failure_fails_its_batch_only(mlp: LoadedModel) -> None:
     gather = load_model(make_onnx_gather(4))
-    batcher = BatchingModel("g", gather, BatchPolicy(max_batch_size=8, max_queue_delay_us=50_000, max_queue_size=2))
+    batcher = BatchingModel(
+        "g", gather, BatchPolicy(max_batch_size=8, max_queue_delay_us=50_000, max_queue_size=2, idle_wait=True)
+    )
 
     async def run() -> tuple[list[Any], Any]:
         queued = [asyncio.ensure_future(batcher.infer_async({"index": np.array([i], dtype=np.int64)})) for i in (1, 99)]
@@ -352,7 +399,7 @@ def test_a_lone_awaited_request_waits_out_its_delay_without_spinning_the_loop(ml
     from gateway.server.loops import loop_factory
 
     inner = _Counted(mlp)
-    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=8, max_queue_delay_us=400))
+    batcher = BatchingModel("m", inner, BatchPolicy(max_batch_size=8, max_queue_delay_us=400, idle_wait=True))
     picks = 0
     pick = batcher._pick
 
