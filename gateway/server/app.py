@@ -9,6 +9,7 @@ tests, benchmarks and the demo; `serve()` runs one in the foreground for `sealga
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -310,6 +311,11 @@ def serve(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
+        # everything start-up made (imports, protobuf pools, the first models: ~100k objects) lives as long as the
+        # process: kept out of the cyclic collector, a full collection under load took 0.3 ms instead of 30-50 ms
+        # (a stall of every call in flight: p99 at concurrency 64 with batching 53-69 ms before, 31 ms after)
+        gc.collect()
+        gc.freeze()
         log.info("event loop: %s", loops.loop_name(loop))
         logs.announce(
             config.log,
