@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,14 +141,16 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = fixed_ports(config)
         self.workers = [Worker(i, self.config) for i in range(config.server.workers)]
-        self.stopping = threading.Event()
+        # a plain flag: set from the signal handler, which runs in this (the main) thread between any two
+        # bytecodes; a threading.Event's set() takes the lock its wait() may hold at that moment (a deadlock)
+        self.stopping = False
         self.failed = ""
 
     def run(self) -> int:
-        """Start every worker and watch them until `stopping` is set; 0, or 1 if a worker never came up."""
+        """Start every worker and watch them until `stopping`; 0, or 1 if a worker never came up."""
         for worker in self.workers:
             worker.start()
-        while not self.stopping.is_set():
+        while not self.stopping:
             now = time.monotonic()
             for worker in self.workers:
                 worker.poll_ready()
@@ -161,7 +162,7 @@ class Supervisor:
                     worker.start()
             if self.failed:
                 break
-            self.stopping.wait(0.05)
+            time.sleep(0.05)
         self.stop_all()
         if self.failed:
             print(f"error: {self.failed}", file=sys.stderr, flush=True)
@@ -203,7 +204,7 @@ def supervise(config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     supervisor = Supervisor(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: supervisor.stopping.set())
+        signal.signal(sig, lambda *_: setattr(supervisor, "stopping", True))
     server = supervisor.config.server
     print(
         f"sealgate supervisor: {server.workers} workers sharing gRPC {server.grpc_address}"
@@ -228,7 +229,7 @@ def worker_main(index: int, ready_fd: int) -> int:
 
     from gateway.fsutil import enter_private_cwd
     from gateway.server import logs, loops
-    from gateway.server.app import Gateway
+    from gateway.server.app import Gateway, settle_heap
 
     _die_with_parent()
     config = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from the supervisor that spawned us
@@ -244,6 +245,7 @@ def worker_main(index: int, ready_fd: int) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
+        settle_heap()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
         print(f"sealgate worker {index} serving (pid {os.getpid()})", file=sys.stderr, flush=True)
