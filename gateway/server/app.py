@@ -9,7 +9,6 @@ tests, benchmarks and the demo; `serve()` runs one in the foreground for `sealga
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import threading
@@ -290,14 +289,6 @@ class GatewayThread:
         self._thread.join(10)
 
 
-def settle_heap() -> None:
-    """Move what start-up made (imports, protobuf pools, the first models: ~100k objects, alive as long as the
-    process) out of the cyclic collector. A full collection under load then took 0.3 ms instead of 30-50 ms, a
-    stall of every call in flight (p99 at concurrency 64 with batching: 53-69 ms before, 30 ms after)."""
-    gc.collect()
-    gc.freeze()
-
-
 def serve(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM/SIGINT; drain, then return 0."""
     logs.configure(config.log)  # [log] format and level (text, or JSON lines)
@@ -319,7 +310,6 @@ def serve(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
-        settle_heap()
         log.info("event loop: %s", loops.loop_name(loop))
         logs.announce(
             config.log,

@@ -229,7 +229,7 @@ def worker_main(index: int, ready_fd: int) -> int:
 
     from gateway.fsutil import enter_private_cwd
     from gateway.server import logs, loops
-    from gateway.server.app import Gateway, settle_heap
+    from gateway.server.app import Gateway
 
     _die_with_parent()
     config = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from the supervisor that spawned us
@@ -245,7 +245,6 @@ def worker_main(index: int, ready_fd: int) -> int:
             loop.add_signal_handler(sig, stop.set)
         gateway = Gateway(config)
         await gateway.start()
-        settle_heap()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
         print(f"sealgate worker {index} serving (pid {os.getpid()})", file=sys.stderr, flush=True)
