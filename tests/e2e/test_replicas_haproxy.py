@@ -446,6 +446,11 @@ class Load:
                 ok, why = True, ""
             except InferenceServerException as exc:
                 ok, why = False, str(exc)[:200]
+                # a fresh channel, as a client's retry would make: a failed reconnect otherwise leaves this one
+                # in gRPC's reconnect backoff (1 s and up), where every call fails at once without being sent,
+                # and a single failed reconnect was counted as thousands of failed calls
+                client.close()
+                client = self.client()
             with self.lock:
                 self.calls.append((time.monotonic(), ok, why, index))
         client.close()
@@ -471,6 +476,7 @@ def connections_on(cluster: Cluster, replica: Replica) -> int:
 
 # gRPC's words for a call written onto a connection that had just died (sent to the killed replica, never read)
 WRITE_ON_DEAD_CONNECTION = re.compile(r"Broken pipe|in-progress write|Connection reset")
+RECONNECT = re.compile(r"failed to connect to all addresses")
 
 
 def infer_lines(replica: Replica) -> int:
@@ -555,7 +561,10 @@ def test_kill_one_replica_under_load(cluster: Cluster) -> None:
     print("\nkill under load:", json.dumps(cluster.figures["kill_under_load"]))
     figures = cluster.figures["kill_under_load"]
     assert len(all_failures) == len(failures), "calls failed before the kill"
-    in_flight = [c for c in failures if not WRITE_ON_DEAD_CONNECTION.search(c[2])]
+    # a routed client's reconnect that reached the victim before HAProxy marked it DOWN: at most one or two each
+    reconnects = [c for c in failures if RECONNECT.search(c[2])]
+    assert len(reconnects) <= 2 * in_flight_bound, figures
+    in_flight = [c for c in failures if not WRITE_ON_DEAD_CONNECTION.search(c[2]) and not RECONNECT.search(c[2])]
     assert len(in_flight) <= in_flight_bound, figures  # the calls it had in flight
     assert len({c[3] for c in failures}) <= in_flight_bound, figures  # only clients that were routed to it
     # beyond those: calls a client wrote onto its connection to the victim in the milliseconds before gRPC saw it
