@@ -14,8 +14,9 @@ is one pending request and one dictionary lookup per call.
 
 A unary answer goes to gRPC one event-loop turn after the handler returns it: when a dynamic batch finishes,
 each of its calls first ends its own work (encoding, audit), then all answers are sent back to back, and the
-client and both event loops handle the wave in fewer wake-ups (with batching under load: about 10% more
-requests/s, measured in bench/triton_peer.py; no change unbatched).
+client and both event loops handle the wave in fewer wake-ups (an A/B on the 2-core VM with the bench's
+tritonclient load at concurrency 64: isolated + batching at 5 ms 2,924 -> 3,242 req/s; unbatched 2,524 and
+2,506, no change).
 """
 
 from __future__ import annotations
