@@ -247,7 +247,9 @@ def worker_main(index: int, ready_fd: int) -> int:
         await gateway.start()
         os.write(ready_fd, READY_BYTE)
         os.close(ready_fd)
-        print(f"sealgate worker {index} serving (pid {os.getpid()})", file=sys.stderr, flush=True)
+        # one write(2) of the whole line: print() writes the text and its newline apart, and two workers
+        # sharing the supervisor's stderr once ran their lines together ("...(pid 18612)sealgate worker 0 ...")
+        os.write(sys.stderr.fileno(), f"sealgate worker {index} serving (pid {os.getpid()})\n".encode())
         await stop.wait()
         await gateway.stop()
 
